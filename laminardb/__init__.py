@@ -1,0 +1,172 @@
+"""laminardb: the LaminarDB Python API on every core.
+
+`laminardb.open()` starts a coordinator in this process and one worker process per core,
+each running a native LaminarDB engine over its shard of every source. The names, classes,
+errors and codes are those of the single-process bindings, so their code runs unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from laminardb.api.catalog import (
+    PipelineEdge,
+    PipelineMetrics,
+    PipelineNode,
+    PipelineTopology,
+    QueryInfo,
+    SinkInfo,
+    SourceInfo,
+    SourceMetrics,
+    StreamInfo,
+    StreamMetrics,
+    WorkerInfo,
+)
+from laminardb.api.config import LaminarConfig
+from laminardb.api.connection import Connection
+from laminardb.api.errors import (
+    CheckpointError,
+    ConnectionError,
+    ConnectorError,
+    IngestionError,
+    LaminarError,
+    QueryError,
+    SchemaError,
+    StreamError,
+    SubscriptionError,
+    codes,
+)
+from laminardb.api.results import CheckpointResult, ExecuteResult, QueryResult
+from laminardb.api.subscriptions import (
+    AsyncStreamSubscription,
+    AsyncSubscription,
+    CallbackSubscription,
+    StreamSubscription,
+    Subscription,
+)
+from laminardb.api.types import (
+    ChangeEvent,
+    ChangeRow,
+    CheckpointStatus,
+    Column,
+    MaterializedView,
+    Metrics,
+    Schema,
+    TableStats,
+    Watermark,
+)
+from laminardb.api.writer import Writer
+
+__version__ = "0.17.0"
+
+Config = LaminarConfig
+BatchWriter = Writer
+
+
+def default_workers() -> int:
+    """The number of CPU cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def open(
+    path: str = ":memory:",
+    *,
+    workers: int | None = None,
+    config: LaminarConfig | None = None,
+    **options: Any,
+) -> Connection:
+    """Open a database served by `workers` processes (default: one per usable core)."""
+    count = default_workers() if workers is None else int(workers)
+    if count < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    return Connection(path, workers=count, config=config, **options)
+
+
+def connect(uri: str, *, workers: int | None = None) -> Connection:
+    """Like native `connect`: the URI is reserved, a local in-memory database is opened."""
+    return open(":memory:", workers=workers)
+
+
+_default: Connection | None = None
+_default_lock = threading.Lock()
+
+
+def _get_default() -> Connection:
+    global _default
+    with _default_lock:
+        if _default is None or _default.is_closed:
+            _default = open(":memory:")
+        return _default
+
+
+def sql(query: str) -> QueryResult:
+    """Run a query on the module's default connection."""
+    return _get_default().sql(query)
+
+
+def execute(query: str) -> ExecuteResult:
+    """Run a statement on the module's default connection."""
+    return _get_default().execute(query)
+
+
+def mv(conn: Connection, name: str, sql_def: str | None = None) -> MaterializedView:
+    """A MaterializedView helper for the named stream."""
+    return MaterializedView(conn, name, sql_def)
+
+
+__all__ = [
+    "AsyncStreamSubscription",
+    "AsyncSubscription",
+    "BatchWriter",
+    "CallbackSubscription",
+    "ChangeEvent",
+    "ChangeRow",
+    "CheckpointError",
+    "CheckpointResult",
+    "CheckpointStatus",
+    "Column",
+    "Config",
+    "Connection",
+    "ConnectionError",
+    "ConnectorError",
+    "ExecuteResult",
+    "IngestionError",
+    "LaminarConfig",
+    "LaminarError",
+    "MaterializedView",
+    "Metrics",
+    "PipelineEdge",
+    "PipelineMetrics",
+    "PipelineNode",
+    "PipelineTopology",
+    "QueryError",
+    "QueryInfo",
+    "QueryResult",
+    "Schema",
+    "SchemaError",
+    "SinkInfo",
+    "SourceInfo",
+    "SourceMetrics",
+    "StreamError",
+    "StreamInfo",
+    "StreamMetrics",
+    "StreamSubscription",
+    "Subscription",
+    "SubscriptionError",
+    "TableStats",
+    "Watermark",
+    "WorkerInfo",
+    "Writer",
+    "__version__",
+    "codes",
+    "connect",
+    "execute",
+    "mv",
+    "open",
+    "sql",
+]

@@ -1,0 +1,467 @@
+"""`Connection`: the native API, answered by a coordinator and its worker processes.
+
+Every call takes the connection's lock, so the connection can be shared between threads
+like the native one; a background thread ships buffered inserts that are older than the
+flush delay, so data never waits in the coordinator for long.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import threading
+import time
+import weakref
+from typing import Any
+
+import pyarrow as pa
+
+from laminardb.api import observe
+from laminardb.api.catalog import QueryInfo, SourceInfo, WorkerInfo
+from laminardb.api.config import LaminarConfig
+from laminardb.api.errors import (
+    CheckpointError,
+    ConnectionError,
+    IngestionError,
+    LaminarError,
+    QueryError,
+    StreamError,
+    codes,
+)
+from laminardb.api.results import CheckpointResult, ExecuteResult, QueryResult
+from laminardb.api.subscriptions import Subscription
+from laminardb.api.writer import Writer
+from laminardb.cluster import ddl
+from laminardb.cluster.catalog import Catalog, quote
+from laminardb.cluster.supervisor import Cluster, ClusterOptions
+from laminardb.ingest import convert
+from laminardb.ingest.router import FLUSH_DELAY_S, Router
+from laminardb.plan import gather, statements
+from laminardb.plan.statements import StatementKind
+from laminardb.wire import arrow_ipc, protocol
+
+log = logging.getLogger("laminardb")
+
+QUERY_LOG_SIZE = 10_000
+_CATALOG_CHANGES = {
+    StatementKind.CREATE_SOURCE,
+    StatementKind.CREATE_TABLE,
+    StatementKind.CREATE_STREAM,
+    StatementKind.CREATE_MATERIALIZED_VIEW,
+    StatementKind.CREATE_VIEW,
+    StatementKind.CREATE_SINK,
+    StatementKind.DROP,
+    StatementKind.ALTER,
+    StatementKind.OTHER,
+}
+_HOME_ONLY = {StatementKind.UPDATE, StatementKind.DELETE}
+_METADATA = {StatementKind.SHOW, StatementKind.DESCRIBE, StatementKind.EXPLAIN}
+
+
+class Connection:
+    """A LaminarDB database whose sources are sharded over worker processes."""
+
+    def __init__(
+        self,
+        path: str = ":memory:",
+        *,
+        workers: int,
+        config: LaminarConfig | None = None,
+        arena_bytes: int = 64 << 20,
+        request_timeout_s: float = 300.0,
+    ):
+        self.path = path
+        self.config = config or LaminarConfig()
+        self._cluster = Cluster(
+            ClusterOptions(
+                workers=workers, arena_bytes=arena_bytes, request_timeout_s=request_timeout_s
+            )
+        )
+        self._lock = self._cluster.lock
+        self._catalog = Catalog()
+        self._router = Router(self._cluster)
+        self._queries: collections.deque[QueryInfo] = collections.deque(maxlen=QUERY_LOG_SIZE)
+        self._query_ids = itertools.count(1)
+        self._checkpoints = itertools.count(1)
+        self._state = "Created"
+        self._shutdown = False
+        self._background_error: BaseException | None = None
+        self._stop = threading.Event()
+        self._finalizer = weakref.finalize(self, _finalize, self._cluster, self._stop)
+        self._flusher = threading.Thread(
+            target=_flush_loop,
+            args=(weakref.ref(self), self._stop),
+            name="laminardb-flusher",
+            daemon=True,
+        )
+        self._flusher.start()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def is_closed(self) -> bool:
+        return self._cluster.closed and not self._shutdown
+
+    def close(self) -> None:
+        """Ship buffered rows, stop every worker and free every resource; safe to call twice."""
+        with self._lock:
+            if not self._cluster.closed:
+                try:
+                    self._router.flush()
+                except LaminarError as exc:
+                    log.warning("rows buffered at close could not be delivered: %s", exc)
+            self._shutdown = False
+        self._finalizer()
+
+    def shutdown(self) -> None:
+        """Stop the pipeline; later calls fail with the native Shutdown error."""
+        self.close()
+        self._shutdown = True
+        self._state = "Stopped"
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return "Connection(closed)" if self.is_closed else "Connection(open)"
+
+    def _check(self) -> None:
+        if self._shutdown:
+            raise LaminarError("Shutdown (901): Database is shut down", code=codes.SHUTDOWN)
+        if self._cluster.closed:
+            raise ConnectionError("Connection is closed")
+        if self._background_error is not None:
+            error, self._background_error = self._background_error, None
+            raise IngestionError(
+                f"buffered rows could not be delivered in the background: {error}",
+                code=codes.INGESTION_FAILED,
+            ) from error
+
+    # -- ingestion -----------------------------------------------------------------------------
+
+    def insert(self, table: str, data: Any) -> int:
+        """Validate `data` against the source schema, route it by key; all rows or none."""
+        with self._lock:
+            self._check()
+            schema = self._source_schema(table)
+            rows = convert.to_table(data, schema, table=table)
+            return self._accept(table, rows)
+
+    def insert_json(self, table: str, data: str) -> int:
+        with self._lock:
+            self._check()
+            rows = convert.from_json(data, self._source_schema(table), table=table)
+            return self._accept(table, rows)
+
+    def insert_csv(self, table: str, data: str) -> int:
+        with self._lock:
+            self._check()
+            rows = convert.from_csv(data, self._source_schema(table), table=table)
+            return self._accept(table, rows)
+
+    def writer(self, table: str) -> Writer:
+        with self._lock:
+            self._check()
+            return Writer(self, table, self._source_schema(table))
+
+    def _source_schema(self, table: str) -> pa.Schema:
+        relation = self._catalog.get(table)
+        if relation is None or relation.kind != "source":
+            raise ddl.not_found(table)
+        return relation.schema
+
+    def _accept(self, table: str, rows: pa.Table) -> int:
+        relation = self._catalog.get(table)
+        assert relation is not None
+        self._router.add(relation.name, rows)
+        return rows.num_rows
+
+    def _flush(self, table: str | None = None) -> int:
+        return self._router.flush(table)
+
+    def _broadcast_call(self, method: str, args: list[Any]) -> list[Any]:
+        return [
+            r.value for r in self._cluster.broadcast(lambda rid: protocol.Call(rid, method, args))
+        ]
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def sql(self, query: str) -> QueryResult:
+        """Rows of a SELECT (or SHOW/DESCRIBE/EXPLAIN), exactly as one native instance answers."""
+        with self._lock:
+            self._check()
+            stmt = statements.classify(query)
+            if stmt.kind is StatementKind.QUERY:
+                return QueryResult(self._run_query(stmt.sql))
+            if stmt.kind in _METADATA:
+                return QueryResult(self._metadata(stmt.sql))
+            if stmt.kind is StatementKind.OTHER:
+                # Not something we recognise: the engine's own parser gives the native error.
+                return QueryResult(gather.run(stmt.sql, [], self._catalog, self._fetch))
+            raise QueryError(f"Expected query result, got DDL/DML: {stmt.sql}")
+
+    def query(self, sql: str) -> QueryResult:
+        return self.sql(sql)
+
+    def _run_query(self, sql: str) -> pa.Table:
+        self._router.flush()
+        self._queries.append(QueryInfo(next(self._query_ids), sql, True))
+        return gather.run(sql, self._tables_read(sql), self._catalog, self._fetch)
+
+    def _tables_read(self, sql: str) -> list[str]:
+        named = statements.referenced_tables(sql)
+        if named is None:
+            return self._catalog.names()
+        return [n for n in self._catalog.names() if n in named or n.lower() in named]
+
+    def _fetch(self, sql: str, home: int | None) -> pa.Table:
+        shards = None if home is None else [home]
+        replies = self._cluster.broadcast(lambda rid: protocol.Query(rid, sql), shards)
+        return pa.concat_tables([arrow_ipc.loads(r.data.buffer) for r in replies])
+
+    def _metadata(self, sql: str) -> pa.Table:
+        reply = self._cluster.request(0, protocol.Call(self._cluster.new_rid(), "show", [sql]))
+        return arrow_ipc.loads(reply.data.buffer)
+
+    def explain(self, query: str) -> pa.Table:
+        """The distributed plan followed by the engine's own plan rows (plan_key, plan_value)."""
+        with self._lock:
+            self._check()
+            stmt = statements.classify(query)
+            tables = self._tables_read(stmt.sql)
+            engine_plan = gather.run(
+                f"EXPLAIN {stmt.sql}", tables, self._catalog, lambda sql, home: _empty(self, sql)
+            )
+            ours = gather.explain_rows(stmt.sql, tables, len(self._cluster.workers))
+            keys = [k for k, _ in ours] + [str(v) for v in engine_plan.column(0).to_pylist()]
+            values = [v for _, v in ours] + [str(v) for v in engine_plan.column(1).to_pylist()]
+            schema = pa.schema(
+                [
+                    pa.field("plan_key", pa.string(), False),
+                    pa.field("plan_value", pa.string(), False),
+                ]
+            )
+            return pa.table([pa.array(keys), pa.array(values)], schema=schema)
+
+    def stream(self, sql: str) -> observe.BatchIterator:
+        """The result of `sql` as an iterator of QueryResult batches (one-shot, like native)."""
+        return observe.BatchIterator(self.sql(sql).to_arrow())
+
+    def subscribe(self, sql: str) -> Subscription:
+        """A one-shot snapshot of `sql`, iterated batch by batch (the native semantics)."""
+        return Subscription(self.sql(sql).to_arrow())
+
+    def _streams_not_ready(self, what: str) -> StreamError:
+        return StreamError(f"{what} over sharded streams is not available yet in the cluster")
+
+    def subscribe_stream(self, name: str) -> Any:
+        raise self._streams_not_ready(f"subscribe_stream({name!r})")
+
+    def subscribe_callback(self, sql: str, on_data: Any, on_error: Any = None) -> Any:
+        raise self._streams_not_ready("subscribe_callback")
+
+    def subscribe_stream_callback(self, name: str, on_data: Any, on_error: Any = None) -> Any:
+        raise self._streams_not_ready(f"subscribe_stream_callback({name!r})")
+
+    def subscribe_async(self, sql: str) -> Any:
+        raise self._streams_not_ready("subscribe_async")
+
+    def subscribe_stream_async(self, name: str) -> Any:
+        raise self._streams_not_ready(f"subscribe_stream_async({name!r})")
+
+    def query_stream(self, name: str, filter: str | None = None) -> QueryResult:
+        """Re-run a stream's SQL as a batch query over the retained rows (like native)."""
+        with self._lock:
+            self._check()
+            for stream_name, stream_sql in self._cluster.request(
+                0, protocol.Call(self._cluster.new_rid(), "streams")
+            ).value:
+                if stream_name == name and stream_sql:
+                    sql = (
+                        stream_sql
+                        if filter is None
+                        else f"SELECT * FROM ({stream_sql}) AS q WHERE {filter}"
+                    )
+                    return QueryResult(self._run_query(sql))
+            raise QueryError(f"Stream not found: {name}")
+
+    # -- statements --------------------------------------------------------------------------
+
+    def execute(self, sql: str) -> ExecuteResult:
+        """Run one statement (several separated by `;` run in order; the last result is returned)."""
+        with self._lock:
+            self._check()
+            result = ExecuteResult("ddl")
+            for text in statements.split_statements(sql):
+                result = self._execute_one(statements.classify(text))
+            return result
+
+    def _execute_one(self, stmt: statements.Statement) -> ExecuteResult:
+        if stmt.kind is StatementKind.QUERY:
+            return ExecuteResult.query(QueryResult(self._run_query(stmt.sql)))
+        if stmt.kind in _METADATA:
+            return ExecuteResult.metadata(QueryResult(self._metadata(stmt.sql)))
+        self._router.flush()
+        if stmt.kind is StatementKind.INSERT:
+            return self._insert_statement(stmt)
+        if stmt.kind in _HOME_ONLY:
+            return _execute_result(self._cluster.request(0, _execute_request(self._cluster, stmt)))
+        return _execute_result(ddl.apply(self._cluster, self._catalog, self._router, stmt))
+
+    def _insert_statement(self, stmt: statements.Statement) -> ExecuteResult:
+        relation = self._catalog.get(stmt.name or "")
+        if relation is not None and relation.kind == "source":
+            return observe.insert_select(self, relation, stmt)
+        return _execute_result(self._cluster.request(0, _execute_request(self._cluster, stmt)))
+
+    def create_table(self, name: str, schema: Any, partition_by: list[str] | None = None) -> None:
+        """Create a source from an Arrow schema (optionally keyed), like `CREATE SOURCE`."""
+        arrow_schema = schema if isinstance(schema, pa.Schema) else pa.schema(schema)
+        from laminardb.cluster.catalog import Relation
+
+        ddl_sql = Relation(name, "source", arrow_schema, "").gather_ddl()[0]
+        if partition_by:
+            ddl_sql += " PARTITION BY (" + ", ".join(quote(c) for c in partition_by) + ")"
+        self.execute(ddl_sql)
+
+    def start(self) -> None:
+        with self._lock:
+            self._check()
+            self._router.flush()
+            self._broadcast_call("start", [])
+            self._state = "Running"
+
+    def checkpoint(self) -> CheckpointResult:
+        """Flush every buffer to the workers; persistence itself is not there yet."""
+        with self._lock:
+            self._check()
+            if self.config.storage_dir is None:
+                raise CheckpointError(
+                    "Internal error (900): [LDB-6001] Checkpoint error: checkpointing is not enabled",
+                    code=codes.INTERNAL_ERROR,
+                )
+            self._router.flush()
+            return CheckpointResult(next(self._checkpoints))
+
+    @property
+    def is_checkpoint_enabled(self) -> bool:
+        return self.config.storage_dir is not None
+
+    @property
+    def pipeline_state(self) -> str:
+        return self._state
+
+    def cancel_query(self, query_id: int) -> None:
+        """Queries run to completion synchronously; an id we never issued is an error as in native."""
+        for info in self._queries:
+            if info.id == query_id:
+                return
+        raise ddl.not_found(str(query_id))
+
+    def queries(self) -> list[QueryInfo]:
+        return list(self._queries)
+
+    @property
+    def active_query_count(self) -> int:
+        return len(self._queries)
+
+    # -- catalog and metrics (whole cluster) ---------------------------------------------------
+
+    def schema(self, table: str) -> pa.Schema:
+        with self._lock:
+            self._check()
+            relation = self._catalog.get(table)
+            if relation is None:
+                raise ddl.not_found(table)
+            return relation.schema
+
+    def sources(self) -> list[SourceInfo]:
+        with self._lock:
+            self._check()
+            out = []
+            for name, watermark_column in self._worker0("sources"):
+                relation = self._catalog.get(name)
+                if relation is not None:
+                    out.append(
+                        SourceInfo(name, relation.schema, watermark_column, relation.partition_by)
+                    )
+            return out
+
+    def _worker0(self, method: str, args: list[Any] | None = None) -> Any:
+        return self._cluster.request(
+            0, protocol.Call(self._cluster.new_rid(), method, args or [])
+        ).value
+
+    def workers(self) -> list[WorkerInfo]:
+        """One entry per worker process: pid, liveness, memory and rows it was sent."""
+        with self._lock:
+            return observe.worker_infos(self._cluster, self._router.rows_sent)
+
+    list_tables = observe.worker0_list("list_tables")
+    list_streams = observe.worker0_list("list_streams")
+    list_sinks = observe.worker0_list("list_sinks")
+    tables = observe.worker0_list("tables")
+    materialized_views = observe.worker0_list("materialized_views")
+    sinks = observe.sinks
+    streams = observe.streams
+    topology = observe.topology
+    metrics = observe.metrics
+    source_metrics = observe.source_metrics
+    all_source_metrics = observe.all_source_metrics
+    stream_metrics = observe.stream_metrics
+    all_stream_metrics = observe.all_stream_metrics
+    stats = observe.stats
+    pipeline_watermark = property(observe.pipeline_watermark)
+    total_events_processed = property(observe.total_events_processed)
+    source_count = property(observe.source_count)
+    sink_count = property(observe.sink_count)
+
+
+def _execute_request(cluster: Cluster, stmt: statements.Statement) -> protocol.Execute:
+    return protocol.Execute(cluster.new_rid(), stmt.sql, stmt.kind.name, stmt.raw_name or stmt.name)
+
+
+def _execute_result(reply: Any) -> ExecuteResult:
+    value = reply.value
+    table = arrow_ipc.loads(reply.data.buffer) if reply.data is not None else None
+    return ExecuteResult(
+        value["result_type"],
+        value["rows_affected"],
+        value["ddl_type"],
+        value["ddl_object"],
+        QueryResult(table) if table is not None else None,
+    )
+
+
+def _empty(conn: Connection, sql: str) -> pa.Table:
+    """Schema-only stand-in for gathered rows (EXPLAIN needs no data)."""
+    name = sql.rsplit(" ", 1)[-1].strip('"').replace('""', '"')
+    relation = conn._catalog.get(name)
+    return relation.schema.empty_table() if relation is not None else pa.table({})
+
+
+def _flush_loop(ref: weakref.ref[Connection], stop: threading.Event) -> None:
+    while not stop.wait(FLUSH_DELAY_S):
+        conn = ref()
+        if conn is None:
+            return
+        if conn._lock.acquire(timeout=FLUSH_DELAY_S):
+            try:
+                if not conn._cluster.closed:
+                    for source in conn._router.due(time.monotonic()):
+                        conn._router.flush(source)
+            except BaseException as exc:
+                conn._background_error = exc
+            finally:
+                conn._lock.release()
+        del conn
+
+
+def _finalize(cluster: Cluster, stop: threading.Event) -> None:
+    stop.set()
+    with cluster.lock:
+        cluster.close()

@@ -1,0 +1,273 @@
+"""Catalog, metrics and helper calls of `Connection`, merged over the workers.
+
+Counters add up over workers; a source's watermark is the highest worker watermark, which is
+what one instance fed every row would report (its watermark follows the largest timestamp
+seen); catalogs are identical on every worker, so worker 0 answers for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import psutil
+import pyarrow as pa
+
+from laminardb.api.catalog import (
+    PipelineEdge,
+    PipelineMetrics,
+    PipelineNode,
+    PipelineTopology,
+    SinkInfo,
+    SourceMetrics,
+    StreamInfo,
+    StreamMetrics,
+    WorkerInfo,
+)
+from laminardb.api.errors import QueryError, SchemaError, codes
+from laminardb.api.results import ExecuteResult, QueryResult
+from laminardb.cluster.catalog import Relation
+from laminardb.cluster.supervisor import Cluster
+from laminardb.ingest import convert
+from laminardb.plan.statements import SQLGLOT_DIALECT, Statement
+
+if TYPE_CHECKING:
+    from laminardb.api.connection import Connection
+
+MIN_WATERMARK = -(2**63)
+
+
+class BatchIterator:
+    """Iterates a finished result as QueryResult batches (native `stream()` / `subscribe()`)."""
+
+    def __init__(self, table: pa.Table):
+        self._batches = iter(table.to_batches())
+        self._schema = table.schema
+        self._active = True
+
+    @property
+    def is_active(self) -> bool:
+        return self._active
+
+    def __iter__(self) -> Iterator[QueryResult]:
+        return self
+
+    def __next__(self) -> QueryResult:
+        if self._active:
+            for batch in self._batches:
+                return QueryResult(pa.Table.from_batches([batch], schema=self._schema))
+        self._active = False
+        raise StopIteration
+
+    def try_next(self) -> QueryResult | None:
+        try:
+            return next(self)
+        except StopIteration:
+            return None
+
+    def cancel(self) -> None:
+        self._active = False
+
+    def __repr__(self) -> str:
+        return f"QueryStream(active={self._active})"
+
+
+def _calls(conn: Connection, method: str, args: list[Any] | None = None) -> list[Any]:
+    with conn._lock:
+        conn._check()
+        return conn._broadcast_call(method, args or [])
+
+
+def _worker0(conn: Connection, method: str, args: list[Any] | None = None) -> Any:
+    with conn._lock:
+        conn._check()
+        return conn._worker0(method, args)
+
+
+def worker0_list(method: str) -> Callable[[Connection], list[str]]:
+    def call(conn: Connection) -> list[str]:
+        return list(_worker0(conn, method))
+
+    call.__name__ = method
+    call.__doc__ = f"`{method}()` of the cluster (every worker holds the same catalog)."
+    return call
+
+
+def sinks(conn: Connection) -> list[SinkInfo]:
+    return [SinkInfo(name) for name in _worker0(conn, "sinks")]
+
+
+def streams(conn: Connection) -> list[StreamInfo]:
+    return [StreamInfo(name, sql) for name, sql in _worker0(conn, "streams")]
+
+
+def topology(conn: Connection) -> PipelineTopology:
+    topo = _worker0(conn, "topology")
+    nodes = []
+    for name, node_type, sql in topo["nodes"]:
+        relation = conn._catalog.get(name)
+        nodes.append(PipelineNode(name, node_type, relation.schema if relation else None, sql))
+    return PipelineTopology(nodes, [PipelineEdge(a, b) for a, b in topo["edges"]])
+
+
+def _merge_pipeline(parts: list[dict[str, Any]]) -> PipelineMetrics:
+    states = [p["state"] for p in parts]
+    return PipelineMetrics(
+        total_events_ingested=sum(p["total_events_ingested"] for p in parts),
+        total_events_emitted=sum(p["total_events_emitted"] for p in parts),
+        total_events_dropped=sum(p["total_events_dropped"] for p in parts),
+        total_cycles=max(p["total_cycles"] for p in parts),
+        total_batches=sum(p["total_batches"] for p in parts),
+        uptime_secs=max(p["uptime_secs"] for p in parts),
+        state="Running" if "Running" in states else states[0],
+        source_count=parts[0]["source_count"],
+        stream_count=parts[0]["stream_count"],
+        sink_count=parts[0]["sink_count"],
+        pipeline_watermark=max(p["pipeline_watermark"] for p in parts),
+    )
+
+
+def metrics(conn: Connection) -> PipelineMetrics:
+    return _merge_pipeline(_calls(conn, "metrics"))
+
+
+def _merge_source(parts: list[dict[str, Any] | None]) -> SourceMetrics | None:
+    seen = [p for p in parts if p is not None]
+    if not seen:
+        return None
+    return SourceMetrics(
+        seen[0]["name"],
+        total_events=sum(p["total_events"] for p in seen),
+        pending=sum(p["pending"] for p in seen),
+        capacity=sum(p["capacity"] for p in seen),
+        is_backpressured=any(p["is_backpressured"] for p in seen),
+        watermark=max(p["watermark"] for p in seen),
+        utilization=max(p["utilization"] for p in seen),
+    )
+
+
+def _merge_stream(parts: list[dict[str, Any] | None]) -> StreamMetrics | None:
+    seen = [p for p in parts if p is not None]
+    if not seen:
+        return None
+    return StreamMetrics(
+        seen[0]["name"],
+        total_events=sum(p["total_events"] for p in seen),
+        pending=sum(p["pending"] for p in seen),
+        capacity=sum(p["capacity"] for p in seen),
+        is_backpressured=any(p["is_backpressured"] for p in seen),
+        watermark=min(p["watermark"] for p in seen),
+        sql=seen[0]["sql"],
+    )
+
+
+def source_metrics(conn: Connection, name: str) -> SourceMetrics | None:
+    return _merge_source(_calls(conn, "source_metrics", [name]))
+
+
+def stream_metrics(conn: Connection, name: str) -> StreamMetrics | None:
+    return _merge_stream(_calls(conn, "stream_metrics", [name]))
+
+
+def _by_name(per_worker: list[list[dict[str, Any]]]) -> dict[str, list[dict[str, Any] | None]]:
+    out: dict[str, list[dict[str, Any] | None]] = {}
+    for items in per_worker:
+        for item in items:
+            out.setdefault(item["name"], []).append(item)
+    return out
+
+
+def all_source_metrics(conn: Connection) -> list[SourceMetrics]:
+    merged = (_merge_source(v) for v in _by_name(_calls(conn, "all_source_metrics")).values())
+    return [m for m in merged if m is not None]
+
+
+def all_stream_metrics(conn: Connection) -> list[StreamMetrics]:
+    merged = (_merge_stream(v) for v in _by_name(_calls(conn, "all_stream_metrics")).values())
+    return [m for m in merged if m is not None]
+
+
+def stats(conn: Connection, table: str) -> dict[str, Any]:
+    """Source metrics as a dict, like native (`total_events` None for an unknown name)."""
+    m = source_metrics(conn, table)
+    if m is None:
+        return {"name": table, "total_events": None}
+    return {
+        "name": m.name,
+        "total_events": m.total_events,
+        "pending": m.pending,
+        "capacity": m.capacity,
+        "is_backpressured": m.is_backpressured,
+        "watermark": m.watermark,
+        "utilization": m.utilization,
+    }
+
+
+def pipeline_watermark(conn: Connection) -> int:
+    return metrics(conn).pipeline_watermark
+
+
+def total_events_processed(conn: Connection) -> int:
+    return metrics(conn).total_events_ingested
+
+
+def source_count(conn: Connection) -> int:
+    return metrics(conn).source_count
+
+
+def sink_count(conn: Connection) -> int:
+    return metrics(conn).sink_count
+
+
+def worker_infos(cluster: Cluster, rows_sent: list[int]) -> list[WorkerInfo]:
+    out = []
+    for worker in cluster.workers:
+        rss, cpu = 0, 0.0
+        alive = worker.alive
+        if alive:
+            try:
+                proc = psutil.Process(worker.pid)
+                rss = proc.memory_info().rss
+                cpu = proc.cpu_percent(interval=None)
+            except psutil.Error:
+                alive = False
+        out.append(
+            WorkerInfo(worker.shard, worker.pid, alive, rss, rows_sent[worker.shard], 0, cpu)
+        )
+    return out
+
+
+def insert_select(conn: Connection, relation: Relation, stmt: Statement) -> ExecuteResult:
+    """`INSERT INTO source ... VALUES/SELECT`: evaluated exactly, then checked and routed like insert()."""
+    import sqlglot
+    from sqlglot import exp
+
+    try:
+        tree = sqlglot.parse_one(stmt.sql, read=SQLGLOT_DIALECT)
+    except sqlglot.errors.ParseError as exc:
+        raise QueryError(
+            f"SQL parse error (401): cannot parse INSERT: {exc}", code=codes.SQL_PARSE_ERROR
+        ) from exc
+    if not isinstance(tree, exp.Insert) or tree.expression is None:
+        raise QueryError(
+            f"SQL parse error (401): unsupported INSERT form: {stmt.sql}",
+            code=codes.SQL_PARSE_ERROR,
+        )
+    target = tree.this
+    columns = (
+        [c.name for c in target.expressions]
+        if isinstance(target, exp.Schema)
+        else relation.schema.names
+    )
+    body = tree.expression.sql(dialect=SQLGLOT_DIALECT)
+    table = conn._run_query(body)
+    if table.num_columns != len(columns):
+        raise SchemaError(
+            f"INSERT INTO {relation.name} has {table.num_columns} values per row "
+            f"for {len(columns)} columns ({', '.join(columns)})",
+            code=codes.SCHEMA_MISMATCH,
+        )
+    rows = convert.to_table(table.rename_columns(columns), relation.schema, table=relation.name)
+    conn._router.add(relation.name, rows)
+    conn._router.flush(relation.name)
+    return ExecuteResult.affected(rows.num_rows)

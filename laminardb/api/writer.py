@@ -1,0 +1,76 @@
+"""`Writer`: the native streaming writer, buffered and routed by the coordinator."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from laminardb.api.errors import IngestionError, codes
+
+if TYPE_CHECKING:
+    from laminardb.api.connection import Connection
+
+MIN_WATERMARK = -(2**63)
+
+
+class Writer:
+    """Inserts into one source; rows are coalesced and shipped like `Connection.insert`."""
+
+    def __init__(self, conn: Connection, name: str, schema: pa.Schema):
+        self._conn = conn
+        self._name = name
+        self._schema = schema
+        self._closed = False
+        self._watermark = MIN_WATERMARK
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self._schema
+
+    @property
+    def current_watermark(self) -> int:
+        return self._watermark
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Writer(source='{self._name}', {'closed' if self._closed else 'open'})"
+
+    def _check(self) -> None:
+        if self._closed:
+            raise IngestionError("Writer is closed", code=codes.WRITER_CLOSED)
+
+    def insert(self, data: Any) -> None:
+        self._check()
+        self._conn.insert(self._name, data)
+
+    def flush(self) -> int:
+        """Ship what is buffered for this source now; returns the rows shipped."""
+        self._check()
+        with self._conn._lock:
+            self._conn._check()
+            return self._conn._flush(self._name)
+
+    def watermark(self, timestamp: int) -> None:
+        """Advance the source watermark on every worker (after shipping buffered rows)."""
+        self._check()
+        with self._conn._lock:
+            self._conn._check()
+            self._conn._flush(self._name)
+            marks = self._conn._broadcast_call("watermark", [self._name, int(timestamp)])
+            self._watermark = max([self._watermark, *marks])
+
+    def close(self) -> None:
+        if not self._closed:
+            if not self._conn._cluster.closed:
+                self.flush()
+            self._closed = True

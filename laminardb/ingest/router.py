@@ -1,0 +1,174 @@
+"""Moves validated rows from the caller to the workers: coalesce, partition, stage, commit.
+
+Small inserts are buffered per source and shipped together (the engine handles about 3,000
+batches a second whatever their size, and keeps only its last 2048 batches per source for
+queries), so a flush becomes one engine batch per worker. A flush is one transaction: every
+part is first copied into its worker's memory (Stage), and only when all workers hold their
+part is it inserted (Commit); a failure before that aborts everywhere, so no worker keeps
+part of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from laminardb.api.errors import IngestionError, codes
+from laminardb.cluster.supervisor import Cluster
+from laminardb.ingest import partition
+from laminardb.wire import arrow_ipc, protocol
+
+FLUSH_ROWS = 65_536
+FLUSH_BYTES = 16 << 20
+FLUSH_DELAY_S = 0.01
+EVEN_SPLIT_MIN_ROWS = 4_096
+
+
+@dataclass
+class Buffer:
+    """Validated tables of one source waiting to be shipped, oldest first."""
+
+    tables: list[pa.Table] = field(default_factory=list)
+    rows: int = 0
+    nbytes: int = 0
+    since: float = 0.0
+
+
+@dataclass
+class Target:
+    """Where a source's rows go: its key columns (empty: spread) or one home worker."""
+
+    keys: tuple[str, ...] = ()
+    home: int | None = None
+
+
+class Router:
+    """Per-source buffers and the transaction that ships them. Callers hold the cluster lock."""
+
+    def __init__(self, cluster: Cluster):
+        self.cluster = cluster
+        self.buffers: dict[str, Buffer] = {}
+        self.targets: dict[str, Target] = {}
+        self.rows_sent = [0] * len(cluster.workers)
+        self._rr = partition.RoundRobin()
+
+    def register(self, source: str, keys: Sequence[str] = (), home: int | None = None) -> None:
+        self.targets[source] = Target(tuple(keys), home)
+
+    def forget(self, source: str) -> None:
+        self.targets.pop(source, None)
+        self.buffers.pop(source, None)
+
+    def add(self, source: str, table: pa.Table) -> None:
+        """Buffer `table` (already cast to the source schema); ship when the buffer is big."""
+        if table.num_rows == 0:
+            return
+        buf = self.buffers.setdefault(source, Buffer())
+        if not buf.tables:
+            buf.since = time.monotonic()
+        buf.tables.append(table)
+        buf.rows += table.num_rows
+        buf.nbytes += table.nbytes
+        if buf.rows >= FLUSH_ROWS or buf.nbytes >= FLUSH_BYTES:
+            self.flush(source)
+
+    def due(self, now: float) -> list[str]:
+        return [s for s, b in self.buffers.items() if b.tables and now - b.since >= FLUSH_DELAY_S]
+
+    def pending_rows(self) -> int:
+        return sum(b.rows for b in self.buffers.values())
+
+    def flush(self, source: str | None = None) -> int:
+        """Ship the buffer of `source` (all buffers when None); returns the rows shipped."""
+        names = [source] if source is not None else list(self.buffers)
+        shipped = 0
+        for name in names:
+            buf = self.buffers.pop(name, None)
+            if buf is None or not buf.tables:
+                continue
+            table = pa.concat_tables(buf.tables) if len(buf.tables) > 1 else buf.tables[0]
+            shipped += self.ship(name, table)
+        return shipped
+
+    def ship(self, source: str, table: pa.Table) -> int:
+        """One all-or-nothing transaction placing `table`'s rows on their workers."""
+        parts = self._parts(source, table)
+        txn = self.cluster.next_txn()
+        involved = [shard for shard, part in enumerate(parts) if part is not None and part.num_rows]
+        try:
+            self._stage(txn, source, {s: parts[s] for s in involved})  # type: ignore[misc]
+            self.cluster.broadcast(lambda rid: protocol.Commit(rid, txn), involved)
+        except BaseException:
+            self._abort(txn, involved)
+            raise
+        for shard in involved:
+            self.rows_sent[shard] += parts[shard].num_rows  # type: ignore[union-attr]
+        return table.num_rows
+
+    def _parts(self, source: str, table: pa.Table) -> list[pa.Table | None]:
+        n = len(self.cluster.workers)
+        target = self.targets.get(source, Target())
+        if target.home is not None:
+            return [table if i == target.home else None for i in range(n)]
+        if target.keys:
+            return list(partition.split(table, target.keys, n))
+        if table.num_rows >= EVEN_SPLIT_MIN_ROWS * n:
+            step = -(-table.num_rows // n)
+            return [table.slice(i * step, step) for i in range(n)]
+        home = self._rr.next(n)
+        return [table if i == home else None for i in range(n)]
+
+    def _stage(self, txn: int, source: str, parts: dict[int, pa.Table]) -> None:
+        """Copy each part into its worker's arena, one slot per worker per round."""
+        queues = {
+            shard: _chunks(part, self.cluster.workers[shard].arena.size)
+            for shard, part in parts.items()
+        }
+        while queues:
+            pending: dict[int, int] = {}
+            for shard in list(queues):
+                arena = self.cluster.workers[shard].arena
+                length = _write_next(queues[shard], arena.view, source)
+                if not queues[shard]:
+                    del queues[shard]
+                rid = self.cluster.new_rid()
+                self.cluster.send(shard, protocol.Stage(rid, txn, source, 0, length))
+                pending[rid] = shard
+            self.cluster.collect(pending)
+
+    def _abort(self, txn: int, shards: list[int]) -> None:
+        for shard in shards:
+            if self.cluster.workers[shard].alive and not self.cluster.closed:
+                with contextlib.suppress(Exception):
+                    self.cluster.request(shard, protocol.Abort(self.cluster.new_rid(), txn))
+
+
+def _write_next(queue: list[pa.Table], view: memoryview, source: str) -> int:
+    """Serialise the next chunk into the arena, halving it until it fits."""
+    while True:
+        chunk = queue.pop()
+        try:
+            return arrow_ipc.write_into(chunk, view)
+        except (pa.ArrowInvalid, OSError, ValueError) as exc:
+            if chunk.num_rows <= 1:
+                raise IngestionError(
+                    f"a row of {source!r} does not fit the {len(view)}-byte transfer arena",
+                    code=codes.INGESTION_FAILED,
+                ) from exc
+            half = chunk.num_rows // 2
+            queue.extend([chunk.slice(half), chunk.slice(0, half)])
+
+
+def _chunks(table: pa.Table, capacity: int) -> list[pa.Table]:
+    """Row slices that fit the arena once serialised (reversed, so `pop` yields them in order)."""
+    budget = int(capacity * 0.9) - (64 << 10)
+    if table.nbytes <= budget:
+        return [table]
+    per_row = max(1, table.nbytes // max(1, table.num_rows))
+    step = max(1, budget // per_row)
+    chunks = [table.slice(i, step) for i in range(0, table.num_rows, step)]
+    return chunks[::-1]

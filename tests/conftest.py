@@ -1,0 +1,58 @@
+"""Suite-wide fixtures: a shared small cluster, and the leak check that runs after every test run."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+SHM = "/dev/shm"
+
+
+def our_shm() -> list[str]:
+    return [n for n in os.listdir(SHM) if n.startswith(f"laminardb-{os.getpid()}-")]
+
+
+def our_tempdirs(before: set[str]) -> list[str]:
+    root = tempfile.gettempdir()
+    return [n for n in os.listdir(root) if n.startswith("laminardb-") and n not in before]
+
+
+def live_children() -> list[psutil.Process]:
+    out = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                out.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaks_after_suite() -> Iterator[None]:
+    """After the whole run: no worker alive, nothing of ours in /dev/shm or the temp folder."""
+    before = set(os.listdir(tempfile.gettempdir()))
+    yield
+    import laminardb
+
+    if laminardb._default is not None:
+        laminardb._default.close()
+    deadline_children = [p for p in live_children() if "python" in (p.name() or "")]
+    _, alive = psutil.wait_procs(deadline_children, timeout=5)
+    assert not alive, f"processes of ours still alive after the suite: {[p.pid for p in alive]}"
+    assert not our_shm(), f"/dev/shm still holds {our_shm()}"
+    assert not our_tempdirs(before), f"temp folders left: {our_tempdirs(before)}"
+
+
+@pytest.fixture(scope="module")
+def db2() -> Iterator[object]:
+    """A 2-worker cluster shared by the tests of one module (they use their own source names)."""
+    import laminardb
+
+    conn = laminardb.open(":memory:", workers=2)
+    yield conn
+    conn.close()

@@ -1,0 +1,1 @@
+"""The worker process: one native engine serving one shard."""

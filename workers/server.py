@@ -1,0 +1,153 @@
+"""The worker process: serves one shard's engine to the coordinator over ZeroMQ.
+
+It exits on a Shutdown request, when its parent process is gone (checked several times a
+second, so a `kill -9` of the parent frees the worker within a second), or when the
+coordinator's socket reports the peer gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import zmq
+
+from laminardb.api.errors import to_wire
+from laminardb.wire import arrow_ipc, protocol
+from laminardb.wire.arena import Arena
+
+PARENT_POLL_S = 0.25
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a spawned worker needs; plain values so that it crosses `spawn` cheaply."""
+
+    shard: int
+    endpoint: str
+    arena_name: str
+    arena_size: int
+    parent_pid: int
+    cpu: int | None = None
+    engine_threads: int | None = None
+    log_level: int = logging.WARNING
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerSpec:
+        return cls(**json.loads(text))
+
+
+def run(spec: WorkerSpec) -> None:
+    """Entry point of a spawned worker process."""
+    if spec.engine_threads:
+        os.environ["TOKIO_WORKER_THREADS"] = str(spec.engine_threads)
+    if spec.cpu is not None and hasattr(os, "sched_setaffinity"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, {spec.cpu})
+    logging.basicConfig(
+        level=spec.log_level,
+        format=f"%(asctime)s worker[{spec.shard}] %(levelname)s %(name)s: %(message)s",
+    )
+    _watch_parent(spec.parent_pid)
+    from workers.engine import Engine  # loads the native engine only in the worker
+
+    Server(spec, Engine()).serve()
+    os._exit(0)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(3)
+            time.sleep(PARENT_POLL_S)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+class Server:
+    """Request loop: one request at a time, in arrival order."""
+
+    def __init__(self, spec: WorkerSpec, engine: Any):
+        self.spec = spec
+        self.engine = engine
+        self.arena = Arena.attach(spec.arena_name, spec.arena_size)
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.IDENTITY, f"w{spec.shard}".encode())
+        self.sock.connect(spec.endpoint)
+        self.staged: dict[int, list[tuple[str, pa.Table]]] = {}
+
+    def serve(self) -> None:
+        hello = protocol.Hello(protocol.PROTOCOL_VERSION, self.spec.shard, os.getpid())
+        self.sock.send(protocol.encode(hello))
+        try:
+            while True:
+                frames = self.sock.recv_multipart(copy=False)
+                request = protocol.decode_request(frames[0].buffer)
+                reply, data = self._handle(request)
+                out = [protocol.encode(reply)]
+                if data is not None:
+                    out.append(data)
+                self.sock.send_multipart(out, copy=False)
+                if isinstance(request, protocol.Shutdown):
+                    break
+        finally:
+            self.engine.close()
+            self.sock.close(0)
+            self.ctx.term()
+            self.arena.close()
+
+    def _handle(self, request: protocol.Request) -> tuple[protocol.Reply, Any]:
+        try:
+            value, data = self._dispatch(request)
+            return protocol.Reply(request.rid, value), data
+        except Exception as exc:  # every failure goes back to the caller, the worker stays up
+            kind, message, code = to_wire(exc)
+            return protocol.Reply(request.rid, error=protocol.ErrorInfo(kind, message, code)), None
+
+    def _dispatch(self, r: protocol.Request) -> tuple[Any, Any]:
+        engine = self.engine
+        if isinstance(r, protocol.Stage):
+            table = arrow_ipc.copy_out(self.arena.view[r.offset : r.offset + r.length])
+            self.staged.setdefault(r.txn, []).append((r.source, table))
+            return table.num_rows, None
+        if isinstance(r, protocol.Commit):
+            rows = 0
+            by_source: dict[str, list[pa.Table]] = {}
+            for source, table in self.staged.pop(r.txn, []):
+                by_source.setdefault(source, []).append(table)
+            for source, tables in by_source.items():
+                rows += engine.insert(source, pa.concat_tables(tables))
+            return rows, None
+        if isinstance(r, protocol.Abort):
+            self.staged.pop(r.txn, None)
+            return None, None
+        if isinstance(r, protocol.Query):
+            return None, arrow_ipc.dumps(engine.query(r.sql))
+        if isinstance(r, protocol.Execute):
+            result = engine.execute(r.sql, r.kind, r.name)
+            table = result.pop("table")
+            return result, (arrow_ipc.dumps(table) if table is not None else None)
+        if isinstance(r, protocol.Call):
+            return self._call(r.method, r.args)
+        if isinstance(r, protocol.Shutdown):
+            return None, None
+        raise TypeError(f"unknown request {type(r).__name__}")
+
+    def _call(self, method: str, args: list[Any]) -> tuple[Any, Any]:
+        from workers import introspect
+
+        return introspect.call(self.engine, method, args)
