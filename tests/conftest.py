@@ -16,9 +16,9 @@ def our_shm() -> list[str]:
     return [n for n in os.listdir(SHM) if n.startswith(f"laminardb-{os.getpid()}-")]
 
 
-def our_tempdirs(before: set[str]) -> list[str]:
+def our_tempdirs() -> list[str]:
     root = tempfile.gettempdir()
-    return [n for n in os.listdir(root) if n.startswith("laminardb-") and n not in before]
+    return [n for n in os.listdir(root) if n.startswith(f"laminardb-{os.getpid()}-")]
 
 
 def live_children() -> list[psutil.Process]:
@@ -35,7 +35,6 @@ def live_children() -> list[psutil.Process]:
 @pytest.fixture(scope="session", autouse=True)
 def no_leaks_after_suite() -> Iterator[None]:
     """After the whole run: no worker alive, nothing of ours in /dev/shm or the temp folder."""
-    before = set(os.listdir(tempfile.gettempdir()))
     yield
     import laminardb
 
@@ -45,7 +44,7 @@ def no_leaks_after_suite() -> Iterator[None]:
     _, alive = psutil.wait_procs(deadline_children, timeout=5)
     assert not alive, f"processes of ours still alive after the suite: {[p.pid for p in alive]}"
     assert not our_shm(), f"/dev/shm still holds {our_shm()}"
-    assert not our_tempdirs(before), f"temp folders left: {our_tempdirs(before)}"
+    assert not our_tempdirs(), f"temp folders left: {our_tempdirs()}"
 
 
 @pytest.fixture(scope="module")

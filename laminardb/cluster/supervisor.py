@@ -90,7 +90,7 @@ class Cluster:
         self._txns = itertools.count(1)
         self.workers: list[WorkerHandle] = []
         sweep_stale()
-        self._dir = tempfile.mkdtemp(prefix="laminardb-")
+        self._dir = tempfile.mkdtemp(prefix=f"laminardb-{os.getpid()}-")
         os.chmod(self._dir, 0o700)
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.ROUTER)
