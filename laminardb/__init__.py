@@ -7,62 +7,124 @@ errors and codes are those of the single-process bindings, so their code runs un
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from laminardb.api.catalog import (
-    PipelineEdge,
-    PipelineMetrics,
-    PipelineNode,
-    PipelineTopology,
-    QueryInfo,
-    SinkInfo,
-    SourceInfo,
-    SourceMetrics,
-    StreamInfo,
-    StreamMetrics,
-    WorkerInfo,
-)
-from laminardb.api.config import LaminarConfig
-from laminardb.api.connection import Connection
-from laminardb.api.errors import (
-    CheckpointError,
-    ConnectionError,
-    ConnectorError,
-    IngestionError,
-    LaminarError,
-    QueryError,
-    SchemaError,
-    StreamError,
-    SubscriptionError,
-    codes,
-)
-from laminardb.api.results import CheckpointResult, ExecuteResult, QueryResult
-from laminardb.api.subscriptions import (
-    AsyncStreamSubscription,
-    AsyncSubscription,
-    CallbackSubscription,
-    StreamSubscription,
-    Subscription,
-)
-from laminardb.api.types import (
-    ChangeEvent,
-    ChangeRow,
-    CheckpointStatus,
-    Column,
-    MaterializedView,
-    Metrics,
-    Schema,
-    TableStats,
-    Watermark,
-)
-from laminardb.api.writer import Writer
+if TYPE_CHECKING:
+    from laminardb.api.catalog import (
+        PipelineEdge,
+        PipelineMetrics,
+        PipelineNode,
+        PipelineTopology,
+        QueryInfo,
+        SinkInfo,
+        SourceInfo,
+        SourceMetrics,
+        StreamInfo,
+        StreamMetrics,
+        WorkerInfo,
+    )
+    from laminardb.api.config import LaminarConfig
+    from laminardb.api.connection import Connection
+    from laminardb.api.errors import (
+        CheckpointError,
+        ConnectionError,
+        ConnectorError,
+        IngestionError,
+        LaminarError,
+        QueryError,
+        SchemaError,
+        StreamError,
+        SubscriptionError,
+        codes,
+    )
+    from laminardb.api.results import CheckpointResult, ExecuteResult, QueryResult
+    from laminardb.api.subscriptions import (
+        AsyncStreamSubscription,
+        AsyncSubscription,
+        CallbackSubscription,
+        StreamSubscription,
+        Subscription,
+    )
+    from laminardb.api.types import (
+        ChangeEvent,
+        ChangeRow,
+        CheckpointStatus,
+        Column,
+        MaterializedView,
+        Metrics,
+        Schema,
+        TableStats,
+        Watermark,
+    )
+    from laminardb.api.writer import Writer
+
+# Public names load on first use (PEP 562): a worker process imports laminardb.api.errors
+# and laminardb.wire without paying for the coordinator's modules (sqlglot, the planner).
+_LAZY = {
+    "PipelineEdge": "laminardb.api.catalog",
+    "PipelineMetrics": "laminardb.api.catalog",
+    "PipelineNode": "laminardb.api.catalog",
+    "PipelineTopology": "laminardb.api.catalog",
+    "QueryInfo": "laminardb.api.catalog",
+    "SinkInfo": "laminardb.api.catalog",
+    "SourceInfo": "laminardb.api.catalog",
+    "SourceMetrics": "laminardb.api.catalog",
+    "StreamInfo": "laminardb.api.catalog",
+    "StreamMetrics": "laminardb.api.catalog",
+    "WorkerInfo": "laminardb.api.catalog",
+    "LaminarConfig": "laminardb.api.config",
+    "Config": "laminardb.api.config:LaminarConfig",
+    "Connection": "laminardb.api.connection",
+    "CheckpointError": "laminardb.api.errors",
+    "ConnectionError": "laminardb.api.errors",
+    "ConnectorError": "laminardb.api.errors",
+    "IngestionError": "laminardb.api.errors",
+    "LaminarError": "laminardb.api.errors",
+    "QueryError": "laminardb.api.errors",
+    "SchemaError": "laminardb.api.errors",
+    "StreamError": "laminardb.api.errors",
+    "SubscriptionError": "laminardb.api.errors",
+    "codes": "laminardb.api.errors",
+    "CheckpointResult": "laminardb.api.results",
+    "ExecuteResult": "laminardb.api.results",
+    "QueryResult": "laminardb.api.results",
+    "AsyncStreamSubscription": "laminardb.api.subscriptions",
+    "AsyncSubscription": "laminardb.api.subscriptions",
+    "CallbackSubscription": "laminardb.api.subscriptions",
+    "StreamSubscription": "laminardb.api.subscriptions",
+    "Subscription": "laminardb.api.subscriptions",
+    "ChangeEvent": "laminardb.api.types",
+    "ChangeRow": "laminardb.api.types",
+    "CheckpointStatus": "laminardb.api.types",
+    "Column": "laminardb.api.types",
+    "MaterializedView": "laminardb.api.types",
+    "Metrics": "laminardb.api.types",
+    "Schema": "laminardb.api.types",
+    "TableStats": "laminardb.api.types",
+    "Watermark": "laminardb.api.types",
+    "Writer": "laminardb.api.writer",
+    "BatchWriter": "laminardb.api.writer:Writer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'laminardb' has no attribute {name!r}")
+    module, _, attr = target.partition(":")
+    value = getattr(importlib.import_module(module), attr or name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.17.0"
-
-Config = LaminarConfig
-BatchWriter = Writer
 
 
 def default_workers() -> int:
@@ -84,6 +146,8 @@ def open(
     count = default_workers() if workers is None else int(workers)
     if count < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    from laminardb.api.connection import Connection
+
     return Connection(path, workers=count, config=config, **options)
 
 
@@ -116,6 +180,8 @@ def execute(query: str) -> ExecuteResult:
 
 def mv(conn: Connection, name: str, sql_def: str | None = None) -> MaterializedView:
     """A MaterializedView helper for the named stream."""
+    from laminardb.api.types import MaterializedView
+
     return MaterializedView(conn, name, sql_def)
 
 

@@ -97,6 +97,10 @@ class Engine:
         self.sources.pop(name, None)
         return _execute_result(result)
 
+    def warm_up(self) -> None:
+        """Pay the engine's one-off first-query cost (about half a second) before any caller does."""
+        self.conn.sql("SELECT 1").to_arrow()
+
     def start(self) -> None:
         if not self.started:
             self.conn.start()

@@ -93,6 +93,7 @@ class Server:
     def serve(self) -> None:
         hello = protocol.Hello(protocol.PROTOCOL_VERSION, self.spec.shard, os.getpid())
         self.sock.send(protocol.encode(hello))
+        self.engine.warm_up()
         try:
             while True:
                 frames = self.sock.recv_multipart(copy=False)

@@ -96,6 +96,10 @@ class Connection:
             daemon=True,
         )
         self._flusher.start()
+        self._warm_up = threading.Thread(
+            target=gather.warm_up, name="laminardb-warm-up", daemon=True
+        )
+        self._warm_up.start()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -112,6 +116,7 @@ class Connection:
                 except LaminarError as exc:
                     log.warning("rows buffered at close could not be delivered: %s", exc)
             self._shutdown = False
+        self._warm_up.join(10)
         self._finalizer()
 
     def shutdown(self) -> None:

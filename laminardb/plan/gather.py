@@ -41,6 +41,17 @@ def run(sql: str, tables: Iterable[str], catalog: Catalog, fetch: Fetch) -> pa.T
         engine.close()
 
 
+def warm_up() -> None:
+    """Start the engine runtime in this process now (its first query costs about half a second)."""
+    import laminardb_native as native
+
+    engine: Any = native.open(":memory:")
+    try:
+        engine.sql("SELECT 1").to_arrow()
+    finally:
+        engine.close()
+
+
 def native_to_ours(exc: Exception) -> Exception:
     """The same error as our class (native classes cannot cross to the caller's except clauses)."""
     if type(exc).__module__ == "laminardb":
