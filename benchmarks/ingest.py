@@ -15,12 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+import laminardb_native
 import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
 import laminardb
-import laminardb_native
 
 DDL = "CREATE SOURCE readings (ts BIGINT, device VARCHAR, value DOUBLE)"
 
