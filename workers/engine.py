@@ -122,7 +122,7 @@ class Engine:
         self.conn.insert(source, batch[0] if len(batch) == 1 else table)
         self.rows_ingested += table.num_rows
         self.batches_ingested += 1
-        return table.num_rows
+        return int(table.num_rows)
 
     def watermark(self, source: str, timestamp: int) -> int:
         """Advance the source watermark through a native writer (kept per source)."""

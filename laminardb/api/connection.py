@@ -183,7 +183,7 @@ class Connection:
         relation = self._catalog.get(table)
         assert relation is not None
         self._router.add(relation.name, rows)
-        return rows.num_rows
+        return int(rows.num_rows)
 
     def _flush(self, table: str | None = None) -> int:
         return self._router.flush(table)

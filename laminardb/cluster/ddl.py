@@ -98,10 +98,10 @@ def _update_catalog(
         catalog.remove(name)
         router.forget(name)
     elif stmt.kind is StatementKind.ALTER:
-        relation = catalog.get(name)
-        if relation is not None:
-            relation.schema = fetch_schema(cluster, relation.name)
-            relation.alters.append(stmt.sql)
+        altered = catalog.get(name)
+        if altered is not None:
+            altered.schema = fetch_schema(cluster, altered.name)
+            altered.alters.append(stmt.sql)
 
 
 def fetch_schema(cluster: Cluster, name: str) -> pa.Schema:

@@ -100,14 +100,17 @@ class Router:
         txn = self.cluster.next_txn()
         involved = [shard for shard, part in enumerate(parts) if part is not None and part.num_rows]
         try:
-            self._stage(txn, source, {s: parts[s] for s in involved})  # type: ignore[misc]
+            self._stage(
+                txn, source, {s: p for s, p in enumerate(parts) if s in involved and p is not None}
+            )
             self.cluster.broadcast(lambda rid: protocol.Commit(rid, txn), involved)
         except BaseException:
             self._abort(txn, involved)
             raise
-        for shard in involved:
-            self.rows_sent[shard] += parts[shard].num_rows  # type: ignore[union-attr]
-        return table.num_rows
+        for shard, part in enumerate(parts):
+            if part is not None:
+                self.rows_sent[shard] += part.num_rows
+        return int(table.num_rows)
 
     def _parts(self, source: str, table: pa.Table) -> list[pa.Table | None]:
         n = len(self.cluster.workers)

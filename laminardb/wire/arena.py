@@ -88,7 +88,7 @@ def sweep_stale() -> list[str]:
     """Unlink segments whose creating process is gone (left by a coordinator killed early)."""
     import psutil
 
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(SHM_DIR)
     except OSError:

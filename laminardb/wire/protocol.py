@@ -97,8 +97,8 @@ ToWorker = Request
 FromWorker = Hello | Reply
 
 _encoder = msgspec.msgpack.Encoder()
-_to_worker = msgspec.msgpack.Decoder(ToWorker)
-_from_worker = msgspec.msgpack.Decoder(FromWorker)
+_to_worker: msgspec.msgpack.Decoder[Request] = msgspec.msgpack.Decoder(ToWorker)
+_from_worker: msgspec.msgpack.Decoder[Hello | Reply] = msgspec.msgpack.Decoder(FromWorker)
 
 
 def encode(msg: msgspec.Struct) -> bytes:
