@@ -36,7 +36,7 @@ from laminardb.cluster import ddl
 from laminardb.cluster.catalog import Catalog, quote
 from laminardb.cluster.supervisor import Cluster, ClusterOptions
 from laminardb.ingest import convert
-from laminardb.ingest.router import FLUSH_DELAY_S, Router
+from laminardb.ingest.router import FLUSH_DELAY_S, SPLIT_ROWS, Router
 from laminardb.plan import gather, statements
 from laminardb.plan.statements import StatementKind
 from laminardb.wire import arrow_ipc, protocol
@@ -60,7 +60,14 @@ _METADATA = {StatementKind.SHOW, StatementKind.DESCRIBE, StatementKind.EXPLAIN}
 
 
 class Connection:
-    """A LaminarDB database whose sources are sharded over worker processes."""
+    """A LaminarDB database whose sources are sharded over worker processes.
+
+    Options beyond the native ones: `arena_bytes`, the shared-memory transfer area per
+    worker (bigger inserts are chunked through it); `split_rows`, the rows per worker at
+    which a shipment of an unkeyed source is split evenly over all workers (smaller ones go
+    whole to the next worker in turn); `request_timeout_s`, how long a call waits for a
+    live worker before failing with `ConnectionError`.
+    """
 
     def __init__(
         self,
@@ -69,6 +76,7 @@ class Connection:
         workers: int,
         config: LaminarConfig | None = None,
         arena_bytes: int = 64 << 20,
+        split_rows: int = SPLIT_ROWS,
         request_timeout_s: float = 300.0,
     ):
         self.path = path
@@ -80,7 +88,7 @@ class Connection:
         )
         self._lock = self._cluster.lock
         self._catalog = Catalog()
-        self._router = Router(self._cluster)
+        self._router = Router(self._cluster, split_rows)
         self._queries: collections.deque[QueryInfo] = collections.deque(maxlen=QUERY_LOG_SIZE)
         self._query_ids = itertools.count(1)
         self._checkpoints = itertools.count(1)

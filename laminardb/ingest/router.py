@@ -25,7 +25,7 @@ from laminardb.wire import arrow_ipc, protocol
 FLUSH_ROWS = 65_536
 FLUSH_BYTES = 16 << 20
 FLUSH_DELAY_S = 0.01
-EVEN_SPLIT_MIN_ROWS = 4_096
+SPLIT_ROWS = 4_096
 
 
 @dataclass
@@ -49,8 +49,9 @@ class Target:
 class Router:
     """Per-source buffers and the transaction that ships them. Callers hold the cluster lock."""
 
-    def __init__(self, cluster: Cluster):
+    def __init__(self, cluster: Cluster, split_rows: int = SPLIT_ROWS):
         self.cluster = cluster
+        self.split_rows = split_rows
         self.buffers: dict[str, Buffer] = {}
         self.targets: dict[str, Target] = {}
         self.rows_sent = [0] * len(cluster.workers)
@@ -119,7 +120,7 @@ class Router:
             return [table if i == target.home else None for i in range(n)]
         if target.keys:
             return list(partition.split(table, target.keys, n))
-        if table.num_rows >= EVEN_SPLIT_MIN_ROWS * n:
+        if table.num_rows >= self.split_rows * n:
             step = -(-table.num_rows // n)
             return [table.slice(i * step, step) for i in range(n)]
         home = self._rr.next(n)
