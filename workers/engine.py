@@ -74,7 +74,14 @@ class Engine:
         ):
             self.ddl.append(sql)
         if kind == "CREATE_SOURCE" and name is not None:
-            self._add_drain(name)
+            if name not in self.sources:
+                self._add_drain(name)
+            elif "REPLACE" in sql.upper().split("SOURCE", 1)[0]:
+                # The old drain now reads the new source; a started pipeline must be rebuilt
+                # for it to run, and the new source starts empty.
+                self.sources[name] = SourceState(drained=not self.started)
+                if self.started:
+                    self.rebuild()
         if kind in ("CREATE_STREAM", "CREATE_MATERIALIZED_VIEW") and self.started:
             # A stream created after start never runs in the native engine: restart it.
             self.rebuild()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -48,7 +49,7 @@ def call(engine: Engine, method: str, args: list[Any]) -> tuple[Any, Any]:
     """(value, optional Arrow IPC frame) for one read-only call."""
     conn = engine.conn
     if method == "schema":
-        return None, arrow_ipc.dumps(conn.schema(args[0]).empty_table())
+        return None, arrow_ipc.dumps(_schema(conn, args[0]).empty_table())
     if method == "sources":
         return [[s.name, s.watermark_column] for s in conn.sources()], None
     if method == "streams":
@@ -66,7 +67,7 @@ def call(engine: Engine, method: str, args: list[Any]) -> tuple[Any, Any]:
         m = conn.source_metrics(args[0])
         return (_fields(m, _SOURCE) if m is not None else None), None
     if method == "stream_metrics":
-        m = conn.stream_metrics(args[0])
+        m = conn.stream_metrics(args[0]) if _visible(args[0]) else None
         return (_fields(m, _STREAM) if m is not None else None), None
     if method == "all_source_metrics":
         return [_fields(m, _SOURCE) for m in conn.all_source_metrics()], None
@@ -103,6 +104,17 @@ def call(engine: Engine, method: str, args: list[Any]) -> tuple[Any, Any]:
             "started": engine.started,
         }, None
     raise ValueError(f"unknown worker call {method!r}")
+
+
+def _schema(conn: Any, name: str) -> Any:
+    """The schema of a source or stream (native `schema()`), or of a table (which it lacks)."""
+    try:
+        return conn.schema(name)
+    except Exception as missing:
+        if _visible(name):
+            with contextlib.suppress(Exception):
+                return conn.sql(f"SELECT * FROM {name} LIMIT 0").to_arrow().schema
+        raise missing
 
 
 def _without_drains(table: Any) -> Any:

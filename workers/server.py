@@ -24,7 +24,7 @@ from laminardb.api.errors import to_wire
 from laminardb.wire import arrow_ipc, protocol
 from laminardb.wire.arena import Arena
 
-PARENT_POLL_S = 0.25
+PARENT_POLL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class Server:
             while True:
                 frames = self.sock.recv_multipart(copy=False)
                 request = protocol.decode_request(frames[0].buffer)
-                reply, data = self._handle(request)
+                reply, data = self._handle(request, frames[1].buffer if len(frames) > 1 else None)
                 out = [protocol.encode(reply)]
                 if data is not None:
                     out.append(data)
@@ -111,18 +111,19 @@ class Server:
             self.ctx.term()
             self.arena.close()
 
-    def _handle(self, request: protocol.Request) -> tuple[protocol.Reply, Any]:
+    def _handle(self, request: protocol.Request, payload: Any) -> tuple[protocol.Reply, Any]:
         try:
-            value, data = self._dispatch(request)
+            value, data = self._dispatch(request, payload)
             return protocol.Reply(request.rid, value), data
         except Exception as exc:  # every failure goes back to the caller, the worker stays up
             kind, message, code = to_wire(exc)
             return protocol.Reply(request.rid, error=protocol.ErrorInfo(kind, message, code)), None
 
-    def _dispatch(self, r: protocol.Request) -> tuple[Any, Any]:
+    def _dispatch(self, r: protocol.Request, payload: Any) -> tuple[Any, Any]:
         engine = self.engine
         if isinstance(r, protocol.Stage):
-            table = arrow_ipc.copy_out(self.arena.view[r.offset : r.offset + r.length])
+            source = payload if r.inline else self.arena.view[r.offset : r.offset + r.length]
+            table = arrow_ipc.copy_out(memoryview(source))
             self.staged.setdefault(r.txn, []).append((r.source, table))
             return table.num_rows, None
         if isinstance(r, protocol.Commit):

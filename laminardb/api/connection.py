@@ -222,8 +222,13 @@ class Connection:
 
     def _run_query(self, sql: str) -> pa.Table:
         self._router.flush()
+        table = gather.run(sql, self._tables_read(sql), self._catalog, self._fetch)
+        self._log_query(sql)
+        return table
+
+    def _log_query(self, sql: str) -> None:
+        """Record a query like native `queries()` does (SELECTs that ran, streams created)."""
         self._queries.append(QueryInfo(next(self._query_ids), sql, True))
-        return gather.run(sql, self._tables_read(sql), self._catalog, self._fetch)
 
     def _tables_read(self, sql: str) -> list[str]:
         named = statements.referenced_tables(sql)
@@ -237,6 +242,8 @@ class Connection:
         return pa.concat_tables([arrow_ipc.loads(r.data.buffer) for r in replies])
 
     def _metadata(self, sql: str) -> pa.Table:
+        if " ".join(sql.upper().split()).rstrip(";") == "SHOW QUERIES":
+            return self._show_queries()
         reply = self._cluster.request(0, protocol.Call(self._cluster.new_rid(), "show", [sql]))
         return arrow_ipc.loads(reply.data.buffer)
 
@@ -308,10 +315,12 @@ class Connection:
         """Run one statement (several separated by `;` run in order; the last result is returned)."""
         with self._lock:
             self._check()
-            result = ExecuteResult("ddl")
-            for text in statements.split_statements(sql):
-                result = self._execute_one(statements.classify(text))
-            return result
+            texts = statements.split_statements(sql)
+            if not texts:
+                raise QueryError("Query failed (400): Empty SQL statement", code=codes.QUERY_FAILED)
+            for text in texts[:-1]:
+                self._execute_one(statements.classify(text))
+            return self._execute_one(statements.classify(texts[-1]))
 
     def _execute_one(self, stmt: statements.Statement) -> ExecuteResult:
         if stmt.kind is StatementKind.QUERY:
@@ -323,7 +332,10 @@ class Connection:
             return self._insert_statement(stmt)
         if stmt.kind in _HOME_ONLY:
             return _execute_result(self._cluster.request(0, _execute_request(self._cluster, stmt)))
-        return _execute_result(ddl.apply(self._cluster, self._catalog, self._router, stmt))
+        result = _execute_result(ddl.apply(self._cluster, self._catalog, self._router, stmt))
+        if stmt.kind in (StatementKind.CREATE_STREAM, StatementKind.CREATE_MATERIALIZED_VIEW):
+            self._log_query(stmt.query or stmt.sql)
+        return result
 
     def _insert_statement(self, stmt: statements.Statement) -> ExecuteResult:
         relation = self._catalog.get(stmt.name or "")
@@ -369,18 +381,34 @@ class Connection:
         return self._state
 
     def cancel_query(self, query_id: int) -> None:
-        """Queries run to completion synchronously; an id we never issued is an error as in native."""
-        for info in self._queries:
-            if info.id == query_id:
-                return
-        raise ddl.not_found(str(query_id))
+        """Mark a recorded query inactive; an id never issued is an error, as in native."""
+        with self._lock:
+            for i, info in enumerate(self._queries):
+                if info.id == query_id:
+                    self._queries[i] = QueryInfo(info.id, info.sql, False)
+                    return
+            raise ddl.not_found(str(query_id))
 
     def queries(self) -> list[QueryInfo]:
         return list(self._queries)
 
     @property
     def active_query_count(self) -> int:
-        return len(self._queries)
+        return sum(1 for q in self._queries if q.active)
+
+    def _show_queries(self) -> pa.Table:
+        schema = pa.schema(
+            [
+                pa.field("query_id", pa.uint64(), False),
+                pa.field("sql", pa.string(), False),
+                pa.field("active", pa.bool_(), False),
+            ]
+        )
+        infos = list(self._queries)
+        return pa.table(
+            [[q.id for q in infos], [q.sql for q in infos], [q.active for q in infos]],
+            schema=schema,
+        )
 
     # -- catalog and metrics (whole cluster) ---------------------------------------------------
 
@@ -388,9 +416,9 @@ class Connection:
         with self._lock:
             self._check()
             relation = self._catalog.get(table)
-            if relation is None:
-                raise ddl.not_found(table)
-            return relation.schema
+            if relation is not None:
+                return relation.schema
+            return ddl.fetch_schema(self._cluster, table)  # a stream: the engine knows it
 
     def sources(self) -> list[SourceInfo]:
         with self._lock:

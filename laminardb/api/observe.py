@@ -208,7 +208,9 @@ def pipeline_watermark(conn: Connection) -> int:
 
 
 def total_events_processed(conn: Connection) -> int:
-    return metrics(conn).total_events_ingested
+    """Events in plus events out, over all workers (the native definition)."""
+    m = metrics(conn)
+    return m.total_events_ingested + m.total_events_emitted
 
 
 def source_count(conn: Connection) -> int:

@@ -43,7 +43,7 @@ class Writer:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Writer(source='{self._name}', {'closed' if self._closed else 'open'})"
+        return "Writer(closed)" if self._closed else f"Writer(source='{self._name}', open)"
 
     def _check(self) -> None:
         if self._closed:

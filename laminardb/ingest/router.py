@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from laminardb.api.errors import IngestionError, codes
 from laminardb.cluster.supervisor import Cluster
 from laminardb.ingest import partition
 from laminardb.wire import arrow_ipc, protocol
@@ -136,11 +135,15 @@ class Router:
             pending: dict[int, int] = {}
             for shard in list(queues):
                 arena = self.cluster.workers[shard].arena
-                length = _write_next(queues[shard], arena.view, source)
+                length, inline = _write_next(queues[shard], arena.view)
                 if not queues[shard]:
                     del queues[shard]
                 rid = self.cluster.new_rid()
-                self.cluster.send(shard, protocol.Stage(rid, txn, source, 0, length))
+                if inline is None:
+                    self.cluster.send(shard, protocol.Stage(rid, txn, source, 0, length))
+                else:
+                    stage = protocol.Stage(rid, txn, source, 0, inline.size, inline=True)
+                    self.cluster.send(shard, stage, inline)
                 pending[rid] = shard
             self.cluster.collect(pending)
 
@@ -151,18 +154,19 @@ class Router:
                     self.cluster.request(shard, protocol.Abort(self.cluster.new_rid(), txn))
 
 
-def _write_next(queue: list[pa.Table], view: memoryview, source: str) -> int:
-    """Serialise the next chunk into the arena, halving it until it fits."""
+def _write_next(queue: list[pa.Table], view: memoryview) -> tuple[int, pa.Buffer | None]:
+    """Serialise the next chunk into the arena, halving it until it fits.
+
+    Returns (bytes written, None), or (0, the serialised row) for a single row too big for
+    the arena, which then travels in the message itself.
+    """
     while True:
         chunk = queue.pop()
         try:
-            return arrow_ipc.write_into(chunk, view)
-        except (pa.ArrowInvalid, OSError, ValueError) as exc:
+            return arrow_ipc.write_into(chunk, view), None
+        except (pa.ArrowInvalid, OSError, ValueError):
             if chunk.num_rows <= 1:
-                raise IngestionError(
-                    f"a row of {source!r} does not fit the {len(view)}-byte transfer arena",
-                    code=codes.INGESTION_FAILED,
-                ) from exc
+                return 0, arrow_ipc.dumps(chunk)
             half = chunk.num_rows // 2
             queue.extend([chunk.slice(half), chunk.slice(0, half)])
 

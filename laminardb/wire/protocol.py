@@ -39,13 +39,18 @@ class Query(msgspec.Struct, tag=True):
 
 
 class Stage(msgspec.Struct, tag=True):
-    """Copy one Arrow IPC stream out of the arena into the worker's memory, under `txn`."""
+    """Copy one Arrow IPC stream into the worker's memory, under `txn`.
+
+    The stream lies in the worker's arena at `offset`, or, when `inline` (a row too big
+    for the arena), in the message's second frame.
+    """
 
     rid: int
     txn: int
     source: str
     offset: int
     length: int
+    inline: bool = False
 
 
 class Commit(msgspec.Struct, tag=True):
