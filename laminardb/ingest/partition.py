@@ -12,176 +12,106 @@ made the canonical NaN; strings as UTF-8; binary as is; booleans as one byte 0/1
 their Python `str` form. A composite key hashes the concatenation of its columns' 8-byte
 little-endian digests. A NULL in any key column sends the row to virtual shard 0.
 
-Speed: 8-byte and 16..128-byte inputs are hashed by a numpy transcription of XXH3's short-input
-paths (checked against the `xxhash` package in the tests), so integer, float and composite keys
-are hashed without a Python loop. Variable-length values are dictionary-encoded and only the
-distinct values go through `xxhash` one by one.
+Speed: hashes are computed by the numpy transcription of XXH3 in `laminardb.ingest.xxh3`
+(bit-exact with the `xxhash` package, checked in the tests), so integer, float, string, binary
+and composite keys are hashed without a Python loop, working on the Arrow buffers directly;
+only values longer than 240 bytes, decimals and small columns (where numpy's fixed cost per
+call would dominate) go through `xxhash` one value at a time. A string-like column whose
+sample shows few distinct values, unless they are short and all of one length, is
+dictionary-encoded first and only its distinct values are hashed.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
-import xxhash
 
 from laminardb.api.errors import SchemaError, codes
+from laminardb.ingest.xxh3 import U64, digests, xxh3_binary, xxh3_fixed, xxh3_u64, xxh3_words
+
+__all__ = [
+    "N_VSHARDS",
+    "RoundRobin",
+    "key_digests",
+    "split",
+    "vshards",
+    "worker_of",
+    "xxh3_u64",
+    "xxh3_words",
+]
 
 N_VSHARDS = 256
 """Virtual shards per source; upstream LaminarDB's cluster mode uses the same count."""
 
-U64 = npt.NDArray[np.uint64]
 Mask = npt.NDArray[np.bool_]
-
-_SECRET_BYTES = bytes.fromhex(
-    "b8fe6c3923a44bbe7c01812cf721ad1cded46de9839097db7240a4a4b7b3671f"
-    "cb79e64eccc0e578825ad07dccff7221b8084674f743248ee03590e6813a264c"
-    "3c2852bb91c300cb88d0658b1b532ea371644897a20df94e3819ef46a9deacd8"
-    "a8fa763fe39c343ff9dcbbc7c70b4f1d8a51e04bcdb45931c89f7ec9d9787364"
-)
-_SECRET = [np.uint64(int.from_bytes(_SECRET_BYTES[i : i + 8], "little")) for i in range(0, 128, 8)]
-"""The first 128 bytes of XXH3's default secret (kSecret), as little-endian 64-bit words."""
-
-_PRIME64_1 = np.uint64(0x9E3779B185EBCA87)
-_PRIME_MX1 = np.uint64(0x165667919E3779F9)
-_PRIME_MX2 = np.uint64(0x9FB21C651E98DF25)
-_M32 = np.uint64(0xFFFFFFFF)
-
-
-def _u(x: int) -> np.uint64:
-    return np.uint64(x)
-
-
-def _rotl(x: U64, r: int) -> U64:
-    return (x << _u(r)) | (x >> _u(64 - r))
-
-
-def _mul128_fold64(a: U64, b: U64) -> U64:
-    """Low xor high half of the 128-bit products a*b, from 32-bit limbs (XXH_mult64to128)."""
-    a_lo, a_hi, b_lo, b_hi = a & _M32, a >> _u(32), b & _M32, b >> _u(32)
-    lo_lo, hi_lo, lo_hi, hi_hi = a_lo * b_lo, a_hi * b_lo, a_lo * b_hi, a_hi * b_hi
-    cross = (lo_lo >> _u(32)) + (hi_lo & _M32) + lo_hi
-    upper = (hi_lo >> _u(32)) + (cross >> _u(32)) + hi_hi
-    lower = (cross << _u(32)) | (lo_lo & _M32)
-    folded: U64 = lower ^ upper
-    return folded
-
-
-def _avalanche(h: U64) -> U64:
-    h ^= h >> _u(37)
-    h *= _PRIME_MX1
-    h ^= h >> _u(32)
-    return h
-
 
 _SAMPLE = 4096
 """Rows sampled to decide whether a string-like key column is worth dictionary-encoding."""
 
-_BLOCK = 1 << 15
-"""Rows hashed per numpy pass: the temporaries of a block stay in cache (about 3x faster)."""
-
-
-def _blockwise(f: Callable[[U64], U64], values: U64) -> U64:
-    if len(values) <= _BLOCK:
-        return f(values)
-    out = np.empty(len(values), np.uint64)
-    for start in range(0, len(values), _BLOCK):
-        out[start : start + _BLOCK] = f(values[start : start + _BLOCK])
-    return out
-
-
-def xxh3_u64(values: U64) -> U64:
-    """xxh3_64 (seed 0) of each value's 8 little-endian bytes (XXH3_len_4to8_64b)."""
-    return _blockwise(_xxh3_8, values)
-
-
-def _xxh3_8(values: U64) -> U64:
-    with np.errstate(over="ignore"):
-        h = ((values >> _u(32)) | (values << _u(32))) ^ (_SECRET[1] ^ _SECRET[2])
-        h ^= _rotl(h, 49) ^ _rotl(h, 24)
-        h *= _PRIME_MX2
-        h ^= (h >> _u(35)) + _u(8)
-        h *= _PRIME_MX2
-        h ^= h >> _u(28)
-        return h
-
-
-def xxh3_words(words: U64) -> U64:
-    """xxh3_64 (seed 0) of each row of a (rows, k) uint64 matrix taken as 8*k little-endian
-    bytes, for 2 <= k <= 16 (XXH3_len_9to16_64b and XXH3_len_17to128_64b)."""
-    if not 2 <= words.shape[1] <= 16:
-        raise ValueError(f"xxh3_words handles 2..16 words, got {words.shape[1]}")
-    return _blockwise(_xxh3_words, words)
-
-
-def _xxh3_words(words: U64) -> U64:
-    k = words.shape[1]
-    n = _u(8 * k)
-    with np.errstate(over="ignore"):
-        if k == 2:
-            lo = words[:, 0] ^ (_SECRET[3] ^ _SECRET[4])
-            hi = words[:, 1] ^ (_SECRET[5] ^ _SECRET[6])
-            return _avalanche(n + lo.byteswap() + hi + _mul128_fold64(lo, hi))
-        acc = np.full(len(words), n * _PRIME64_1, dtype=np.uint64)
-        pairs = [(0, 0), (k - 2, 2)]
-        if k > 4:
-            pairs += [(2, 4), (k - 4, 6)]
-        if k > 8:
-            pairs += [(4, 8), (k - 6, 10)]
-        if k > 12:
-            pairs += [(6, 12), (k - 8, 14)]
-        for word, secret in pairs:
-            acc += _mul128_fold64(
-                words[:, word] ^ _SECRET[secret], words[:, word + 1] ^ _SECRET[secret + 1]
-            )
-        return _avalanche(acc)
+_FEW = 256
+"""String-like columns of at most this many rows are hashed row by row without sampling."""
 
 
 def _each_value(values: pa.Array) -> U64:
     """xxh3_64 of every value of a string-like array, NULL slots included (masked later).
 
-    Hashes slices of the Arrow buffers to skip building Python strings."""
+    Hashes the Arrow offsets and data buffers directly (no Python strings); the array's
+    offset (a slice) is respected."""
     typ = values.type
     n = len(values)
     if pa.types.is_decimal(typ):
         texts = [b"" if v is None else str(v).encode("utf-8") for v in values.to_pylist()]
-        return _digests_of(texts, n)
+        return digests(texts, n)
     buffers = values.buffers()
-    data = memoryview(buffers[-1] if buffers[-1] is not None else b"")
+    data = np.frombuffer(buffers[-1], np.uint8) if buffers[-1] is not None else _NO_BYTES
     if pa.types.is_fixed_size_binary(typ):
         width = typ.byte_width
-        begin = values.offset * width
-        return _digests_of((data[i : i + width] for i in range(begin, begin + n * width, width)), n)
-    large = pa.types.is_large_string(values.type) or pa.types.is_large_binary(values.type)
-    offsets = np.frombuffer(buffers[1], np.int64 if large else np.int32)
-    bounds = offsets[values.offset : values.offset + n + 1].tolist()
-    return _digests_of((data[i:j] for i, j in itertools.pairwise(bounds)), n)
+        return xxh3_fixed(data, width, base=values.offset * width, count=n)
+    large = pa.types.is_large_string(typ) or pa.types.is_large_binary(typ)
+    offsets = np.frombuffer(buffers[1], np.int64) if large else np.frombuffer(buffers[1], np.int32)
+    return xxh3_binary(offsets[values.offset : values.offset + n + 1], data)
 
 
-def _digests_of(items: Iterable[bytes | memoryview], count: int) -> U64:
-    return np.fromiter(map(xxhash.xxh3_64_intdigest, items), dtype=np.uint64, count=count)
+_NO_BYTES = np.zeros(0, np.uint8)
 
 
 def _varlen(arr: pa.ChunkedArray) -> U64:
-    """Digests of a string-like column: of its distinct values then looked up by index when
-    a sample shows few distinct values, else of every row (Arrow's hash table costs more than
-    it saves when most values differ)."""
+    """Digests of a string-like column: of every row, or of its distinct values then looked
+    up by index when a sample shows few distinct values and hashing every row costs more than
+    Arrow's hash table (it costs about as much as hashing short values of one length, and
+    less than hashing longer or mixed-length ones)."""
     if pa.types.is_string_view(arr.type) or pa.types.is_binary_view(arr.type):
         arr = arr.cast(pa.large_binary())
     n = len(arr)
+    if n <= _FEW:
+        return _concat([_each_value(chunk) for chunk in arr.chunks], n)
     sample = arr.take(np.arange(0, n, max(1, n // _SAMPLE)))
-    if pc.count_distinct(sample).as_py() * 4 > len(sample):
+    if pc.count_distinct(sample).as_py() * 4 > len(sample) or _short_and_even(sample):
         return _concat([_each_value(chunk) for chunk in arr.chunks], n)
     encoded = pc.dictionary_encode(arr)
     table = _each_value(encoded.chunk(0).dictionary)
     return _concat([_take(table, chunk.indices) for chunk in encoded.chunks], n)
 
 
+def _short_and_even(sample: pa.ChunkedArray) -> bool:
+    """Whether the sample's values are binary or strings of one length of 16 bytes or less
+    (hashed row by row faster than they are dictionary-encoded)."""
+    if pa.types.is_decimal(sample.type):
+        return False
+    if pa.types.is_fixed_size_binary(sample.type):
+        return bool(sample.type.byte_width <= 16)
+    lengths = pc.min_max(pc.binary_length(sample)).as_py()
+    return lengths["max"] is not None and lengths["min"] == lengths["max"] <= 16
+
+
 def _concat(parts: list[U64], n: int) -> U64:
+    if len(parts) == 1:
+        return parts[0]
     return np.concatenate(parts) if parts else np.zeros(n, np.uint64)
 
 
@@ -216,7 +146,7 @@ def _column_digests(arr: pa.ChunkedArray) -> tuple[U64, Mask | None]:
         return xxh3_u64(_floats(arr)), nulls
     if pa.types.is_boolean(typ):
         ones = pc.fill_null(arr, False).to_numpy(zero_copy_only=False).astype(bool)
-        table = _digests_of([b"\x00", b"\x01"], 2)
+        table = digests([b"\x00", b"\x01"], 2)
         return table[ones.astype(np.intp)], nulls
     if pa.types.is_null(typ):
         return np.zeros(len(arr), np.uint64), np.ones(len(arr), np.bool_)
@@ -263,14 +193,15 @@ def key_digests(table: pa.Table, keys: Sequence[str]) -> tuple[U64, Mask | None]
     words = np.stack([d for d, _ in parts], axis=1)
     if len(parts) <= 16:
         return xxh3_words(words), nulls
-    raw = np.ascontiguousarray(words.astype("<u8")).view(np.uint8).reshape(len(words), -1)
-    return _digests_of((row.tobytes() for row in raw), len(raw)), nulls
+    raw = np.ascontiguousarray(words.astype("<u8")).view(np.uint8).reshape(-1)
+    width = 8 * len(parts)
+    return xxh3_binary(np.arange(len(words) + 1, dtype=np.intp) * width, raw), nulls
 
 
 def vshards(table: pa.Table, keys: Sequence[str]) -> npt.NDArray[np.uint16]:
     """The virtual shard (0..255) of each row of `table` keyed by the columns `keys`."""
-    digests, nulls = key_digests(table, keys)
-    shards = (digests & _u(N_VSHARDS - 1)).astype(np.uint16)
+    hashes, nulls = key_digests(table, keys)
+    shards = (hashes & np.uint64(N_VSHARDS - 1)).astype(np.uint16)
     if nulls is not None:
         shards[nulls] = 0
     return shards

@@ -10,6 +10,7 @@ import os
 import struct
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -20,17 +21,28 @@ from hypothesis import given, settings
 from hypothesis import strategies as hs
 
 from laminardb.api.errors import SchemaError
+from laminardb.ingest import partition, xxh3
 from laminardb.ingest.partition import (
     N_VSHARDS,
     RoundRobin,
+    key_digests,
     split,
     vshards,
     worker_of,
-    xxh3_u64,
-    xxh3_words,
 )
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(120)
+
+_DEFAULT_FEW = (partition._FEW, xxh3._FEW)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _numpy_for_every_size() -> Iterator[None]:
+    """Small columns are normally hashed by `xxhash` one value at a time: in this module
+    they take the sampled, numpy paths of large columns (see test_small_columns_...)."""
+    partition._FEW = xxh3._FEW = 0
+    yield
+    partition._FEW, xxh3._FEW = _DEFAULT_FEW
 
 
 def h(data: bytes) -> int:
@@ -46,31 +58,7 @@ def one(value: Any, typ: pa.DataType | None = None) -> int:
     return int(vshards(pa.table({"k": pa.array([value], type=typ)}), ["k"])[0])
 
 
-# ------------------------------------------------------------------------- the hash itself
-
-
-def test_numpy_xxh3_matches_xxhash_for_8_bytes() -> None:
-    rng = np.random.default_rng(7)
-    values = np.concatenate(
-        [rng.integers(0, 2**64, 5000, dtype=np.uint64), np.array([0, 1, 2**64 - 1], np.uint64)]
-    )
-    expected = [h(struct.pack("<Q", int(v))) for v in values]
-    assert xxh3_u64(values).tolist() == expected
-
-
-@pytest.mark.parametrize("k", range(2, 17))
-def test_numpy_xxh3_matches_xxhash_for_2_to_16_words(k: int) -> None:
-    rng = np.random.default_rng(k)
-    words = rng.integers(0, 2**64, (500, k), dtype=np.uint64)
-    expected = [h(row.astype("<u8").tobytes()) for row in words]
-    assert xxh3_words(words).tolist() == expected
-
-
-def test_numpy_xxh3_handles_many_blocks() -> None:
-    values = np.arange(100_003, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-    got = xxh3_u64(values)
-    for i in (0, 32767, 32768, 65536, 100_002):
-        assert int(got[i]) == h(struct.pack("<Q", int(values[i])))
+# ------------------------------------------------------------------------- canonical bytes
 
 
 @pytest.mark.parametrize(
@@ -159,6 +147,141 @@ def test_composite_key_of_more_than_16_columns() -> None:
     digests = [h(i64(i)) for i in range(17)]
     expected = h(struct.pack("<17Q", *digests)) % 256
     assert vshards(table, table.column_names).tolist() == [expected]
+
+
+@pytest.mark.parametrize("columns", [30, 31, 40])
+def test_composite_key_of_many_columns(columns: int) -> None:
+    """17..30 columns are 136..240 bytes (numpy), more go through xxhash one by one."""
+    table = pa.table({f"c{i}": [i, -i] for i in range(columns)})
+    for row, sign in enumerate((1, -1)):
+        digests = [h(i64(sign * i)) for i in range(columns)]
+        expected = h(struct.pack(f"<{columns}Q", *digests)) % 256
+        assert int(vshards(table, table.column_names)[row]) == expected
+
+
+# ------------------------------------------------------------------------- string keys
+
+_STRING_TYPES = [pa.string(), pa.large_string(), pa.string_view()]
+_BINARY_TYPES = [pa.binary(), pa.large_binary(), pa.binary_view()]
+
+
+def check_digests(column: pa.Array | pa.ChunkedArray, values: list[bytes | None]) -> None:
+    """The key digests of a one-column table are xxhash's, and NULL rows go to vshard 0."""
+    table = pa.table({"k": column})
+    digests, nulls = key_digests(table, ["k"])
+    is_null = [v is None for v in values]
+    assert (nulls.tolist() if nulls is not None else [False] * len(values)) == is_null
+    got = [None if null else int(d) for d, null in zip(digests.tolist(), is_null, strict=True)]
+    assert got == [None if v is None else h(v) for v in values]
+    shards = vshards(table, ["k"]).tolist()
+    assert shards == [0 if v is None else h(v) % N_VSHARDS for v in values]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    values=hs.lists(hs.one_of(hs.none(), hs.text(max_size=90)), max_size=80),
+    cut=hs.tuples(hs.integers(0, 80), hs.integers(0, 80)),
+    typ=hs.sampled_from(_STRING_TYPES),
+)
+def test_string_keys_hash_their_utf8_bytes(
+    values: list[str | None], cut: tuple[int, int], typ: pa.DataType
+) -> None:
+    encoded = [None if v is None else v.encode("utf-8") for v in values]
+    check_digests(pa.array(values, typ), encoded)
+    start, length = min(cut[0], len(values)), cut[1]
+    check_digests(pa.array(values, typ).slice(start, length), encoded[start : start + length])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    values=hs.lists(hs.one_of(hs.none(), hs.binary(max_size=300)), max_size=60),
+    cut=hs.integers(0, 60),
+    typ=hs.sampled_from(_BINARY_TYPES),
+)
+def test_binary_keys_hash_their_bytes(
+    values: list[bytes | None], cut: int, typ: pa.DataType
+) -> None:
+    cut = min(cut, len(values))
+    check_digests(pa.array(values, typ), values)
+    chunked = pa.chunked_array(
+        [pa.array(values[:cut], typ).slice(0), pa.array(values[cut:], typ)], type=typ
+    )
+    check_digests(chunked, values)
+    check_digests(pa.array(values, typ).slice(cut), values[cut:])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    width=hs.sampled_from([1, 3, 4, 8, 9, 13, 16, 17, 40, 128, 129, 240, 241, 300]),
+    nulls=hs.lists(hs.booleans(), min_size=1, max_size=30),
+    cut=hs.integers(0, 30),
+    seed=hs.integers(0, 2**32 - 1),
+)
+def test_fixed_size_binary_keys(width: int, nulls: list[bool], cut: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    values: list[bytes | None] = [
+        None if null else bytes(rng.integers(0, 256, width, dtype=np.uint8)) for null in nulls
+    ]
+    array = pa.array(values, pa.binary(width))
+    check_digests(array, values)
+    cut = min(cut, len(values))
+    check_digests(array.slice(cut), values[cut:])
+
+
+@pytest.mark.parametrize("distinct", [5, 100, 3000, 200_000])
+@pytest.mark.parametrize("shape", ["device-%06d", "%d", "user-%d@example.com", "%d" + "x" * 150])
+def test_string_keys_of_many_rows(distinct: int, shape: str) -> None:
+    """Few and many distinct values (dictionary and per-row paths), one length and mixed
+    lengths, some NULLs, several chunks, one of them sliced."""
+    rng = np.random.default_rng(distinct)
+    values: list[str | None] = [shape % i for i in rng.integers(0, distinct, 60_000)]
+    for i in rng.integers(0, len(values), 50):
+        values[i] = None
+    whole = pa.array(["?"] * 7 + values[20_000:])
+    chunked = pa.chunked_array([pa.array(values[:20_000]), whole.slice(7)])
+    check_digests(chunked, [None if v is None else v.encode() for v in values])
+
+
+def test_dictionary_encoding_is_used_only_when_it_pays(monkeypatch: pytest.MonkeyPatch) -> None:
+    encoded: list[int] = []
+    real = partition.pc.dictionary_encode
+
+    def spy(arr: Any, *args: Any, **kwargs: Any) -> Any:
+        encoded.append(len(arr))
+        return real(arr, *args, **kwargs)
+
+    monkeypatch.setattr(partition.pc, "dictionary_encode", spy)
+    few_even = [f"device-{i % 50:06d}" for i in range(10_000)]
+    few_long = [f"user-{i % 50}@example.com" for i in range(10_000)]
+    many = [f"user-{i}@example.com" for i in range(10_000)]
+    for values, dictionary in ((few_even, False), (few_long, True), (many, False)):
+        encoded.clear()
+        check_digests(pa.array(values), [v.encode() for v in values])
+        assert bool(encoded) == dictionary
+
+
+@pytest.mark.parametrize("rows", [1, 7, 127, 128, 255, 256, 257, 1000])
+def test_small_columns_take_the_one_by_one_path_and_agree(
+    rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(partition, "_FEW", _DEFAULT_FEW[0])
+    monkeypatch.setattr(xxh3, "_FEW", _DEFAULT_FEW[1])
+    rng = np.random.default_rng(rows)
+    values: list[str | None] = [
+        None if i % 11 == 3 else "é" * int(rng.integers(0, 150)) + str(i) for i in range(rows)
+    ]
+    for typ in _STRING_TYPES:
+        check_digests(pa.array(values, typ), [None if v is None else v.encode() for v in values])
+
+
+def test_null_slots_with_bytes_behind_them() -> None:
+    """A NULL slot may cover bytes (arrays built from buffers): they are hashed, not read
+    as part of a neighbour, and the row still goes to vshard 0."""
+    offsets = pa.py_buffer(np.array([0, 13, 16, 29, 29], np.int32).tobytes())
+    data = pa.py_buffer(b"device-000001xyzdevice-000002")
+    validity = pa.py_buffer(bytes([0b1101]))
+    array = pa.StringArray.from_buffers(4, offsets, data, validity, null_count=1)
+    check_digests(array, [b"device-000001", None, b"device-000002", b""])
 
 
 def test_null_in_any_key_column_goes_to_vshard_zero() -> None:
