@@ -131,16 +131,23 @@ def metrics(conn: Connection) -> PipelineMetrics:
     return _merge_pipeline(_calls(conn, "metrics"))
 
 
+def _counters(seen: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counters of one source or stream added up over the workers that report it."""
+    return {
+        "total_events": sum(p["total_events"] for p in seen),
+        "pending": sum(p["pending"] for p in seen),
+        "capacity": sum(p["capacity"] for p in seen),
+        "is_backpressured": any(p["is_backpressured"] for p in seen),
+    }
+
+
 def _merge_source(parts: list[dict[str, Any] | None]) -> SourceMetrics | None:
     seen = [p for p in parts if p is not None]
     if not seen:
         return None
     return SourceMetrics(
         seen[0]["name"],
-        total_events=sum(p["total_events"] for p in seen),
-        pending=sum(p["pending"] for p in seen),
-        capacity=sum(p["capacity"] for p in seen),
-        is_backpressured=any(p["is_backpressured"] for p in seen),
+        **_counters(seen),
         watermark=max(p["watermark"] for p in seen),
         utilization=max(p["utilization"] for p in seen),
     )
@@ -152,10 +159,7 @@ def _merge_stream(parts: list[dict[str, Any] | None]) -> StreamMetrics | None:
         return None
     return StreamMetrics(
         seen[0]["name"],
-        total_events=sum(p["total_events"] for p in seen),
-        pending=sum(p["pending"] for p in seen),
-        capacity=sum(p["capacity"] for p in seen),
-        is_backpressured=any(p["is_backpressured"] for p in seen),
+        **_counters(seen),
         watermark=min(p["watermark"] for p in seen),
         sql=seen[0]["sql"],
     )
