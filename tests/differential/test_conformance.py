@@ -120,6 +120,14 @@ def mismatch_report(report: FileReport, limit: int = 25) -> str:
     return "\n".join(lines)
 
 
+def test_corpus_is_present() -> None:
+    """The oracle must not pass by running nothing: the corpus has to be found."""
+    assert FILES, (
+        "conformance corpus not found: put shared/ beside the repository "
+        "or set LAMINARDB_CONFORMANCE_DIR"
+    )
+
+
 @pytest.mark.skipif(not FILES, reason="no conformance corpus in this checkout")
 @pytest.mark.parametrize("path", FILES, ids=[file_tag(p) for p in FILES])
 def test_native_oracle_is_stable(
