@@ -40,7 +40,7 @@ import io
 import json
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -49,7 +49,19 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
-from laminardb.api.errors import IngestionError, SchemaError, codes
+from laminardb.ingest.cast import (
+    ARROW_ERRORS,
+    Column,
+    check_names,
+    conform,
+    conform_table,
+    describe,
+    first_failure,
+    ingest_error,
+    kind_of,
+    schema_error,
+    show,
+)
 
 __all__ = ["UNSUPPORTED_MESSAGE", "from_csv", "from_json", "to_table"]
 
@@ -58,233 +70,6 @@ UNSUPPORTED_MESSAGE = (
     "Unsupported data type. Expected: Arrow-compatible object, PyArrow RecordBatch/Table, "
     "Pandas DataFrame, Polars DataFrame, dict, list[dict], or dict of lists."
 )
-
-Column = Any  # pa.Array | pa.ChunkedArray (pyarrow ships no type hints)
-_ARROW_ERRORS = (pa.ArrowException, TypeError, ValueError, OverflowError)
-
-
-# --- errors -------------------------------------------------------------------------------
-
-
-def _schema_error(table: str, message: str) -> SchemaError:
-    return SchemaError(
-        f"Schema mismatch (202): table '{table}': {message}", code=codes.SCHEMA_MISMATCH
-    )
-
-
-def _ingest_error(table: str, message: str) -> IngestionError:
-    return IngestionError(
-        f"Ingestion failed (300): table '{table}': {message}", code=codes.INGESTION_FAILED
-    )
-
-
-def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-_SQL_NAMES = {"int8": "TINYINT", "int16": "SMALLINT", "int32": "INT", "int64": "BIGINT"}
-_SQL_NAMES |= {"float": "REAL", "double": "DOUBLE", "string": "VARCHAR", "bool": "BOOLEAN"}
-_SQL_NAMES |= {"date32[day]": "DATE", "binary": "BYTEA"}
-
-
-def _sql_name(t: pa.DataType) -> str:
-    """The SQL spelling of a column type, for messages ('BIGINT', 'TIMESTAMP', ...)."""
-    if pa.types.is_decimal(t):
-        return f"DECIMAL({t.precision},{t.scale})"
-    spelled = {"ts": "TIMESTAMP", "time": "TIME", "interval": "INTERVAL"}.get(_kind(t), str(t))
-    return _SQL_NAMES.get(str(t), spelled)
-
-
-def _describe(field: pa.Field) -> str:
-    return f"column '{field.name}' ({_sql_name(field.type)})"
-
-
-# --- the casting policy -------------------------------------------------------------------
-
-
-_T = pa.types
-_KINDS: tuple[tuple[str, tuple[Callable[[pa.DataType], bool], ...]], ...] = (
-    ("bool", (_T.is_boolean,)),
-    ("int", (_T.is_integer,)),
-    ("float", (_T.is_floating,)),
-    ("decimal", (_T.is_decimal,)),
-    ("str", (_T.is_string, _T.is_large_string, _T.is_string_view)),
-    ("bin", (_T.is_binary, _T.is_large_binary, _T.is_binary_view, _T.is_fixed_size_binary)),
-    ("ts", (_T.is_timestamp,)),
-    ("date", (_T.is_date,)),
-    ("time", (_T.is_time,)),
-    ("duration", (_T.is_duration,)),
-    ("interval", (_T.is_interval,)),
-    ("nested", (_T.is_nested,)),
-)
-
-
-def _kind(t: pa.DataType) -> str:
-    """A coarse family of an Arrow type; the policy is written in families."""
-    return next((name for name, checks in _KINDS if any(c(t) for c in checks)), "other")
-
-
-_NUMERIC = frozenset({"int", "float", "decimal"})
-_ALLOWED: dict[str, frozenset[str]] = {
-    **dict.fromkeys(("int", "float", "decimal"), _NUMERIC),
-    **{kind: frozenset({kind}) for kind in ("bool", "time", "duration", "interval", "nested")},
-    "str": frozenset({"str", "bin", "ts", "date"}),
-    "bin": frozenset({"bin", "str"}),
-    "ts": frozenset({"ts", "date"}),
-    "date": frozenset({"date", "ts"}),
-}
-
-
-def _try_cast(col: Column, dst: pa.DataType, src_kind: str, dst_kind: str) -> Column:
-    """Cast by the policy; raises an Arrow error when some value does not fit."""
-    if dst_kind == "float" and src_kind != "float":
-        return pc.cast(col, dst, safe=False)  # rounding is what DOUBLE/REAL mean
-    if dst_kind == "decimal" and src_kind == "int":  # Arrow sizes the decimal by the type
-        wide = pa.decimal256(76, dst.scale) if dst.bit_width > 128 else pa.decimal128(38, dst.scale)
-        return pc.cast(pc.cast(col, wide), dst)
-    if dst_kind == "ts" and src_kind == "ts":
-        return pc.cast(col, options=pc.CastOptions(dst, allow_time_truncate=True))
-    if dst_kind == "ts" and src_kind == "str":
-        return _parse_timestamps(col, dst)
-    out = pc.cast(col, dst)
-    if src_kind == "float" and dst_kind == "float" and dst.bit_width < col.type.bit_width:
-        if pc.any(pc.and_(pc.is_inf(out), pc.is_finite(col))).as_py():
-            raise pa.ArrowInvalid(f"value out of range for {_sql_name(dst)}")
-    elif (src_kind, dst_kind) == ("ts", "date") and not (
-        pc.all(pc.equal(pc.cast(out, col.type), col)).as_py()
-    ):
-        raise pa.ArrowInvalid("the time of day would be lost")
-    return out
-
-
-#: An ISO-8601 time of day that ends in a zone: `Z`, `+02`, `+0200` or `+02:00`.
-_ZONED = r"\d:\d\d(?::\d\d(?:[.,]\d*)?)?\s*(?:[Zz]|[+-]\d\d(?::?\d\d)?)$"
-
-
-def _parse_timestamps(col: Column, dst: pa.DataType) -> Column:
-    """ISO strings into `dst`: zone offsets are converted to UTC, and digits below the unit
-    (nanoseconds into microseconds) truncated; strings with and without zones may mix."""
-
-    def parse(part: Column, tz: str | None) -> Column:
-        options = pc.CastOptions(dst, allow_time_truncate=True)
-        try:
-            return pc.cast(pc.cast(part, pa.timestamp(dst.unit, tz)), options=options)
-        except pa.ArrowInvalid:  # more digits than the unit: parse at ns, then truncate
-            return pc.cast(pc.cast(part, pa.timestamp("ns", tz)), options=options)
-
-    zoned = pc.fill_null(pc.match_substring_regex(col, _ZONED), False)
-    if not pc.any(zoned).as_py():
-        return parse(col, None)
-    if pc.all(zoned).as_py():
-        return parse(col, "UTC")
-    none = pa.scalar(None, col.type)
-    aware = parse(pc.if_else(zoned, col, none), "UTC")
-    return pc.if_else(zoned, aware, parse(pc.if_else(zoned, none, col), None))
-
-
-def _first_failure(col: Column, attempt: Callable[[Column], object]) -> int:
-    """The row to blame when `attempt(col)` fails: the end of the shortest failing prefix."""
-    lo, hi = 0, len(col)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        try:
-            attempt(col.slice(0, mid))
-            lo = mid
-        except _ARROW_ERRORS:
-            hi = mid
-    return hi - 1
-
-
-def _value_at(col: Column, row: int) -> object:
-    try:
-        return col[row].as_py()
-    except _ARROW_ERRORS:
-        return col[row]
-
-
-def _cast(col: Column, field: pa.Field, table: str, rows: Sequence[int] | None = None) -> Column:
-    """`col` cast to `field.type`, or a SchemaError naming the column, value and row."""
-    dst = field.type
-    if pa.types.is_dictionary(col.type) and not pa.types.is_dictionary(dst):
-        col = pc.cast(col, col.type.value_type)  # pandas/polars categoricals
-        if col.type == dst:
-            return col
-    src_kind, dst_kind = _kind(col.type), _kind(dst)
-    if pa.types.is_null(col.type):
-        return pc.cast(col, dst)
-    if dst_kind not in _ALLOWED.get(src_kind, frozenset()):
-        row = int(pc.index(pc.is_valid(col), True).as_py())
-        if row < 0:  # all NULL: the values carry no type conflict
-            return pa.nulls(len(col), dst)
-        shown = rows[row] if rows is not None else row
-        hint = ""
-        if dst_kind in ("ts", "date") and src_kind in _NUMERIC:
-            hint = " (epoch numbers are ambiguous: pass datetime, ISO strings or Arrow timestamps)"
-        raise _schema_error(
-            table,
-            f"{_describe(field)} cannot take {col.type} values, e.g. "
-            f"{_show(_value_at(col, row))} at row {shown}{hint}",
-        )
-    try:
-        return _try_cast(col, dst, src_kind, dst_kind)
-    except _ARROW_ERRORS as exc:
-        row = _first_failure(col, lambda part: _try_cast(part, dst, src_kind, dst_kind))
-        shown = rows[row] if rows is not None else row
-        raise _schema_error(
-            table,
-            f"{_describe(field)} cannot take {_show(_value_at(col, row))} at row {shown}: {exc}",
-        ) from None
-
-
-def _conform(col: Column, field: pa.Field, table: str, rows: Sequence[int] | None = None) -> Column:
-    """Cast one column to its field and check the NOT NULL rule."""
-    if col.type != field.type:
-        col = _cast(col, field, table, rows)
-    if not field.nullable and col.null_count:
-        row = int(pc.index(pc.is_null(col), True).as_py())
-        shown = rows[row] if rows is not None else row
-        raise _schema_error(table, f"{_describe(field)} is NOT NULL but row {shown} is NULL")
-    return col
-
-
-def _check_names(names: Sequence[Any], schema: pa.Schema, table: str) -> None:
-    """Unknown, duplicate and missing columns are errors; the order does not matter."""
-    expected = schema.names
-    if len(names) == len(expected) and list(names) == expected:
-        return
-    known = set(expected)
-    seen: set[Any] = set()
-    for name in names:
-        if name in seen:
-            raise _schema_error(table, f"duplicate column '{name}'")
-        seen.add(name)
-        if name not in known:
-            lower = {n.lower(): n for n in expected}
-            guess = lower.get(str(name).lower())
-            hint = f" (did you mean '{guess}'?)" if guess else ""
-            raise _schema_error(
-                table, f"unknown column '{name}'{hint}; columns are {', '.join(expected)}"
-            )
-    missing = [n for n in expected if n not in seen]
-    if missing:
-        raise _schema_error(
-            table,
-            f"missing column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}"
-            " (NULLs are not filled in for absent columns; pass None values explicitly)",
-        )
-
-
-def _conform_table(data: pa.Table, schema: pa.Schema, table: str) -> pa.Table:
-    """An Arrow table with exactly `schema`; no copy where the types already match."""
-    if data.schema.equals(schema, check_metadata=True) and all(
-        f.nullable or not data.column(i).null_count for i, f in enumerate(schema)
-    ):
-        return data
-    _check_names(data.column_names, schema, table)
-    columns = [_conform(data.column(f.name), f, table) for f in schema]
-    return pa.Table.from_arrays(columns, schema=schema)
-
 
 # --- Python values ------------------------------------------------------------------------
 
@@ -316,17 +101,17 @@ def _from_values(
     typed = _TYPED.get(field.type)
     if typed is not None and (not typed or typed.issuperset(map(type, values))):
         try:
-            return _conform(pa.array(values, field.type, from_pandas=from_pandas), field, table)
-        except _ARROW_ERRORS:
+            return conform(pa.array(values, field.type, from_pandas=from_pandas), field, table)
+        except ARROW_ERRORS:
             pass  # the general path below finds the value to blame
     kinds = set(map(type, values)) - {_NONE}
     if len(kinds) > 1 and not kinds <= {int, float}:
         return _from_mixed(values, field, table, from_pandas)
     try:
         arr = pa.array(values, from_pandas=from_pandas)
-    except _ARROW_ERRORS:
+    except ARROW_ERRORS:
         return _from_mixed(values, field, table, from_pandas)
-    return _conform(arr, field, table)
+    return conform(arr, field, table)
 
 
 def _from_mixed(values: Sequence[Any], field: pa.Field, table: str, from_pandas: bool) -> pa.Array:
@@ -341,17 +126,17 @@ def _from_mixed(values: Sequence[Any], field: pa.Field, table: str, from_pandas:
         sub = [values[i] for i in rows]
         try:
             arr = pa.array(sub, from_pandas=from_pandas)
-        except _ARROW_ERRORS as exc:
+        except ARROW_ERRORS as exc:
             for i in rows:
                 try:
                     pa.array([values[i]], from_pandas=from_pandas)
-                except _ARROW_ERRORS as one:
-                    raise _schema_error(
+                except ARROW_ERRORS as one:
+                    raise schema_error(
                         table,
-                        f"{_describe(field)} cannot take {_show(values[i])} at row {i}: {one}",
+                        f"{describe(field)} cannot take {show(values[i])} at row {i}: {one}",
                     ) from None
-            raise _schema_error(table, f"{_describe(field)}: {exc}") from None
-        parts.append(_conform(arr, field, table, rows))
+            raise schema_error(table, f"{describe(field)}: {exc}") from None
+        parts.append(conform(arr, field, table, rows))
         order.extend(rows)
     inverse = [0] * len(order)
     for position, row in enumerate(order):
@@ -372,9 +157,9 @@ def _from_rows(rows: list[Any], schema: pa.Schema, table: str) -> pa.Table:
         keys: dict[Any, None] = {}
         for i, row in enumerate(rows):
             if not isinstance(row, dict):
-                raise _ingest_error(table, f"row {i} is not a dict: {_show(row)}")
+                raise ingest_error(table, f"row {i} is not a dict: {show(row)}")
             keys.update(dict.fromkeys(row))
-        _check_names(list(keys), schema, table)
+        check_names(list(keys), schema, table)
         columns = [[row.get(name) for row in rows] for name in names]
     arrays = [_from_values(values, f, table) for values, f in zip(columns, schema, strict=True)]
     return pa.Table.from_arrays(arrays, schema=schema)
@@ -395,7 +180,7 @@ def _is_column(value: object) -> bool:
 def _from_column_object(value: Any, field: pa.Field, table: str) -> Column:
     """A column given as numpy array, pandas/polars Series, Arrow array or list."""
     if isinstance(value, (pa.Array, pa.ChunkedArray)):
-        return _conform(value, field, table)
+        return conform(value, field, table)
     if isinstance(value, (list, tuple)):
         return _from_values(value, field, table)
     is_pandas = type(value).__module__.startswith("pandas")
@@ -408,10 +193,10 @@ def _from_column_object(value: Any, field: pa.Field, table: str) -> Column:
             arr = pa.chunked_array(value)
         else:
             arr = pa.array(value)
-    except _ARROW_ERRORS:
+    except ARROW_ERRORS:
         values = value.tolist() if hasattr(value, "tolist") else list(value)
         return _from_values(values, field, table, from_pandas=is_pandas)
-    return _conform(arr, field, table)
+    return conform(arr, field, table)
 
 
 def _from_dict(data: dict[Any, Any], schema: pa.Schema, table: str) -> pa.Table:
@@ -421,12 +206,12 @@ def _from_dict(data: dict[Any, Any], schema: pa.Schema, table: str) -> pa.Table:
         return _from_rows([data], schema, table)
     if not all(flags):
         single = [k for k, flag in zip(data, flags, strict=True) if not flag]
-        raise _ingest_error(
+        raise ingest_error(
             table,
             "a dict must hold either one value per column (one row) or a list per column; "
             f"{', '.join(map(repr, single))} hold single values while others hold lists",
         )
-    _check_names(list(data), schema, table)
+    check_names(list(data), schema, table)
     _check_lengths({k: len(v) for k, v in data.items() if hasattr(v, "__len__")}, table)
     arrays = [_from_column_object(data[f.name], f, table) for f in schema]
     _check_lengths({f.name: len(a) for f, a in zip(schema, arrays, strict=True)}, table)
@@ -436,7 +221,7 @@ def _from_dict(data: dict[Any, Any], schema: pa.Schema, table: str) -> pa.Table:
 def _check_lengths(lengths: dict[Any, int], table: str) -> None:
     if len(set(lengths.values())) > 1:
         shown = ", ".join(f"{k}: {n}" for k, n in lengths.items())
-        raise _ingest_error(table, f"columns have different lengths ({shown})")
+        raise ingest_error(table, f"columns have different lengths ({shown})")
 
 
 def _from_pandas(df: Any, schema: pa.Schema, table: str) -> pa.Table:
@@ -445,7 +230,7 @@ def _from_pandas(df: Any, schema: pa.Schema, table: str) -> pa.Table:
     if any(name is not None for name in df.index.names):
         df = df.reset_index()
     names = [str(c) for c in df.columns]
-    _check_names(names, schema, table)
+    check_names(names, schema, table)
     position = {name: i for i, name in enumerate(names)}
     arrays = [_from_column_object(df.iloc[:, position[f.name]], f, table) for f in schema]
     return pa.Table.from_arrays(arrays, schema=schema)
@@ -468,9 +253,9 @@ def to_table(data: object, schema: pa.Schema, *, table: str) -> pa.Table:
     See the module docstring for the casting rules and the errors raised.
     """
     if isinstance(data, pa.Table):
-        return _conform_table(data, schema, table)
+        return conform_table(data, schema, table)
     if isinstance(data, pa.RecordBatch):
-        return _conform_table(pa.Table.from_batches([data]), schema, table)
+        return conform_table(pa.Table.from_batches([data]), schema, table)
     if isinstance(data, list):
         if not data:
             raise TypeError("empty list")
@@ -497,8 +282,8 @@ def to_table(data: object, schema: pa.Schema, *, table: str) -> pa.Table:
         else:
             raise TypeError(UNSUPPORTED_MESSAGE)
     except (pa.ArrowException, ValueError) as exc:
-        raise _ingest_error(table, f"could not read the Arrow data: {exc}") from None
-    return _conform_table(arrow, schema, table)
+        raise ingest_error(table, f"could not read the Arrow data: {exc}") from None
+    return conform_table(arrow, schema, table)
 
 
 # --- JSON and CSV text --------------------------------------------------------------------
@@ -524,7 +309,7 @@ def _json_records(text: str, table: str) -> list[Any]:
             if not exc.msg.startswith("Extra data"):
                 raise
     except json.JSONDecodeError as exc:
-        raise _ingest_error(
+        raise ingest_error(
             table, f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         ) from None
     lines = [line for line in text.split("\n") if line.strip()]
@@ -536,10 +321,10 @@ def _json_records(text: str, table: str) -> list[Any]:
         try:
             json.loads(line) if line.strip() else None
         except json.JSONDecodeError as exc:
-            raise _ingest_error(
+            raise ingest_error(
                 table, f"invalid JSON at line {number} column {exc.colno}: {exc.msg}"
             ) from None
-    raise _ingest_error(table, "invalid JSON: the lines are not one JSON value each")
+    raise ingest_error(table, "invalid JSON: the lines are not one JSON value each")
 
 
 #: JSON-native reading types per column family; other families go the Python way.
@@ -561,7 +346,7 @@ def _ndjson_by_arrow(text: str, schema: pa.Schema) -> pa.Table | None:
         return None
     fields = []
     for f in schema:
-        kind = _kind(f.type)
+        kind = kind_of(f.type)
         if kind not in _JSON_TYPES:
             return None
         fields.append(pa.field(f.name, _JSON_TYPES[kind] or f.type))
@@ -592,11 +377,11 @@ def from_json(text: str, schema: pa.Schema, *, table: str) -> pa.Table:
     if not text.lstrip().startswith("["):
         fast = _ndjson_by_arrow(text, schema)
         if fast is not None:
-            return _conform_table(fast, schema, table)
+            return conform_table(fast, schema, table)
     records = _json_records(text, table)
     for i, record in enumerate(records):
         if not isinstance(record, dict):
-            raise _ingest_error(table, f"JSON record {i} is not an object: {_show(record)}")
+            raise ingest_error(table, f"JSON record {i} is not an object: {show(record)}")
     return _from_rows(records, schema, table) if records else schema.empty_table()
 
 
@@ -618,12 +403,14 @@ def from_csv(text: str, schema: pa.Schema, *, table: str) -> pa.Table:
         raw = text.encode("utf-8")
     except UnicodeEncodeError as exc:
         line = text.count("\n", 0, exc.start) + 1
-        raise _ingest_error(table, f"CSV is not valid UTF-8 at line {line}") from None
+        raise ingest_error(table, f"CSV is not valid UTF-8 at line {line}") from None
     if not text.strip():
         return schema.empty_table()
     convert = pacsv.ConvertOptions(
         # temporal columns are read as text and cast by the policy (zone offsets, ns digits)
-        column_types={f.name: _TEXT if _kind(f.type) in ("ts", "date") else f.type for f in schema},
+        column_types={
+            f.name: _TEXT if kind_of(f.type) in ("ts", "date") else f.type for f in schema
+        },
         null_values=[""],
         strings_can_be_null=True,
         true_values=["true", "True", "TRUE"],
@@ -635,15 +422,15 @@ def from_csv(text: str, schema: pa.Schema, *, table: str) -> pa.Table:
         data = pacsv.read_csv(io.BytesIO(raw), read, parse, convert)
     except pa.ArrowInvalid as exc:
         _raise_csv_value_error(str(exc), raw, schema, table)
-        raise _ingest_error(table, f"malformed CSV: {exc}") from None
+        raise ingest_error(table, f"malformed CSV: {exc}") from None
     names = data.column_names
     if names and not set(names) & set(schema.names):
-        raise _ingest_error(
+        raise ingest_error(
             table,
             f"the first CSV line must be a header naming the columns ({', '.join(schema.names)})"
-            f"; got {_show(text.splitlines()[0])}",
+            f"; got {show(text.splitlines()[0])}",
         )
-    return _conform_table(data, schema, table)
+    return conform_table(data, schema, table)
 
 
 def _raise_csv_value_error(message: str, raw: bytes, schema: pa.Schema, table: str) -> None:
@@ -664,9 +451,9 @@ def _raise_csv_value_error(message: str, raw: bytes, schema: pa.Schema, table: s
     ).column(0)
     try:
         pc.cast(strings, field.type)
-    except _ARROW_ERRORS:
-        row = _first_failure(strings, lambda part: pc.cast(part, field.type))
-        raise _schema_error(
-            table, f"{_describe(field)} cannot take {_show(strings[row].as_py())} at row {row}"
+    except ARROW_ERRORS:
+        row = first_failure(strings, lambda part: pc.cast(part, field.type))
+        raise schema_error(
+            table, f"{describe(field)} cannot take {show(strings[row].as_py())} at row {row}"
         ) from None
-    raise _schema_error(table, f"{_describe(field)}: {message.split(': ', 1)[-1]}")
+    raise schema_error(table, f"{describe(field)}: {message.split(': ', 1)[-1]}")
