@@ -37,7 +37,7 @@ from laminardb.cluster.catalog import Catalog, quote
 from laminardb.cluster.supervisor import Cluster, ClusterOptions
 from laminardb.ingest import convert
 from laminardb.ingest.router import FLUSH_DELAY_S, SPLIT_ROWS, Router
-from laminardb.plan import gather, statements
+from laminardb.plan import distributed, gather, statements
 from laminardb.plan.statements import StatementKind
 from laminardb.wire import arrow_ipc, protocol
 
@@ -222,7 +222,9 @@ class Connection:
 
     def _run_query(self, sql: str) -> pa.Table:
         self._router.flush()
-        table = gather.run(sql, self._tables_read(sql), self._catalog, self._fetch)
+        table = distributed.run(sql, self._catalog, distributed.cluster_fetch(self._cluster))
+        if table is None:  # no rule splits it: gather the rows it reads into one engine
+            table = gather.run(sql, self._tables_read(sql), self._catalog, self._fetch)
         self._log_query(sql)
         return table
 
@@ -256,7 +258,13 @@ class Connection:
             engine_plan = gather.run(
                 f"EXPLAIN {stmt.sql}", tables, self._catalog, lambda sql, home: _empty(self, sql)
             )
-            ours = gather.explain_rows(stmt.sql, tables, len(self._cluster.workers))
+            found = distributed.cached_plan(stmt.sql, self._catalog)
+            workers = len(self._cluster.workers)
+            ours = (
+                distributed.explain_rows(found, workers)
+                if found is not None
+                else gather.explain_rows(stmt.sql, tables, workers)
+            )
             keys = [k for k, _ in ours] + [str(v) for v in engine_plan.column(0).to_pylist()]
             values = [v for _, v in ours] + [str(v) for v in engine_plan.column(1).to_pylist()]
             schema = pa.schema(

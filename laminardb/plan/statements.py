@@ -102,7 +102,7 @@ _WORD, _QUOTED, _STRING, _NUMBER, _PUNCT = "word", "quoted", "string", "number",
 
 
 @dataclass(frozen=True)
-class _Token:
+class Token:
     kind: str
     text: str
     start: int
@@ -143,7 +143,7 @@ def _parse_error(message: str) -> QueryError:
     )
 
 
-def _tokens(sql: str) -> Iterator[_Token]:
+def tokenize(sql: str) -> Iterator[Token]:
     """Tokens of `sql`, skipping whitespace and comments; raises QueryError on an open quote."""
     i, n = 0, len(sql)
     while i < n:
@@ -169,31 +169,31 @@ def _tokens(sql: str) -> Iterator[_Token]:
                     j += 2
                     continue
                 break
-            yield _Token(_STRING if c == "'" else _QUOTED, sql[i : j + 1], i, j + 1)
+            yield Token(_STRING if c == "'" else _QUOTED, sql[i : j + 1], i, j + 1)
             i = j + 1
         elif c == "$" and (m := _DOLLAR_RE.match(sql, i)):
             end = sql.find(m.group(0), m.end())
             if end < 0:
                 raise _parse_error(f"unterminated dollar-quoted string at offset {i}")
             end += len(m.group(0))
-            yield _Token(_STRING, sql[i:end], i, end)
+            yield Token(_STRING, sql[i:end], i, end)
             i = end
         elif m := _WORD_RE.match(sql, i):
-            yield _Token(_WORD, m.group(0), i, m.end())
+            yield Token(_WORD, m.group(0), i, m.end())
             i = m.end()
         elif m := _NUMBER_RE.match(sql, i):
-            yield _Token(_NUMBER, m.group(0), i, m.end())
+            yield Token(_NUMBER, m.group(0), i, m.end())
             i = m.end()
         else:
-            yield _Token(_PUNCT, c, i, i + 1)
+            yield Token(_PUNCT, c, i, i + 1)
             i += 1
 
 
-def _split_tokens(sql: str) -> list[list[_Token]]:
+def _split_tokens(sql: str) -> list[list[Token]]:
     """Token lists of the non-empty statements, split at `;` outside strings and comments."""
-    statements: list[list[_Token]] = []
-    current: list[_Token] = []
-    for token in _tokens(sql):
+    statements: list[list[Token]] = []
+    current: list[Token] = []
+    for token in tokenize(sql):
         if token.is_punct(";"):
             if current:
                 statements.append(current)
@@ -221,12 +221,12 @@ def split_statements(sql: str) -> list[str]:
 class _Cursor:
     """A read position over one statement's tokens."""
 
-    def __init__(self, sql: str, tokens: Sequence[_Token]) -> None:
+    def __init__(self, sql: str, tokens: Sequence[Token]) -> None:
         self.sql = sql
         self.tokens = tokens
         self.pos = 0
 
-    def peek(self, ahead: int = 0) -> _Token | None:
+    def peek(self, ahead: int = 0) -> Token | None:
         i = self.pos + ahead
         return self.tokens[i] if i < len(self.tokens) else None
 
@@ -328,7 +328,7 @@ def classify(sql: str) -> Statement:
     return Statement(StatementKind.OTHER, text)
 
 
-def _classify_create(sql: str, text: str, tokens: list[_Token], cur: _Cursor) -> Statement:
+def _classify_create(sql: str, text: str, tokens: list[Token], cur: _Cursor) -> Statement:
     or_replace = cur.accept("OR", "REPLACE")
     object_kind = _object_kind(cur)
     if object_kind is None:
@@ -353,7 +353,7 @@ def _classify_create(sql: str, text: str, tokens: list[_Token], cur: _Cursor) ->
     return statement
 
 
-def _as_query(sql: str, rest: list[_Token]) -> tuple[str | None, str | None]:
+def _as_query(sql: str, rest: list[Token]) -> tuple[str | None, str | None]:
     """(SELECT text after the top-level AS without its EMIT clause, the EMIT clause)."""
     depth = 0
     start: int | None = None
@@ -369,12 +369,12 @@ def _as_query(sql: str, rest: list[_Token]) -> tuple[str | None, str | None]:
     return sql[rest[start].start : rest[-1].end], None
 
 
-def _column_list(rest: Sequence[_Token]) -> tuple[list[_Token], int] | None:
+def _column_list(rest: Sequence[Token]) -> tuple[list[Token], int] | None:
     """The column-name tokens of a `( ... )` list opening `rest`, and the index after `)`."""
     if not rest or not rest[0].is_punct("("):
         return None
-    names: list[_Token] = []
-    item: list[_Token] = []
+    names: list[Token] = []
+    item: list[Token] = []
     depth = 0
     for i, token in enumerate(rest):
         if token.is_punct("("):
@@ -397,7 +397,7 @@ def _column_list(rest: Sequence[_Token]) -> tuple[list[_Token], int] | None:
 _CONSTRAINT_STARTS = {"PRIMARY", "FOREIGN", "UNIQUE", "CHECK", "CONSTRAINT", "KEY", "INDEX"}
 
 
-def _add_column(item: list[_Token], names: list[_Token]) -> None:
+def _add_column(item: list[Token], names: list[Token]) -> None:
     """Append the column an item defines, skipping WATERMARK FOR and table constraints."""
     if not item or not item[0].is_ident:
         return
@@ -410,7 +410,7 @@ def _add_column(item: list[_Token], names: list[_Token]) -> None:
     names.append(item[0])
 
 
-def _is_constraint(head: str, item: list[_Token]) -> bool:
+def _is_constraint(head: str, item: list[Token]) -> bool:
     """Whether an item starting with a constraint keyword is a constraint, not a column."""
     second = item[1] if len(item) > 1 else None
     third = item[2] if len(item) > 2 else None
@@ -449,12 +449,12 @@ def column_names(create_source_sql: str) -> list[str]:
     return [] if found is None else [t.ident for t in found[0]]
 
 
-def _partitioned(sql: str, tokens: list[_Token], rest: list[_Token], st: Statement) -> Statement:
+def _partitioned(sql: str, tokens: list[Token], rest: list[Token], st: Statement) -> Statement:
     """Extract, check and remove the PARTITION BY clause of a CREATE SOURCE / TABLE."""
     found = _column_list(rest)
     columns, after = found if found is not None else ([], 0)
     clause: tuple[int, int] | None = None
-    keys: list[_Token] = []
+    keys: list[Token] = []
     depth = 0
     i = after
     while i < len(rest):
@@ -486,10 +486,10 @@ def _partitioned(sql: str, tokens: list[_Token], rest: list[_Token], st: Stateme
     return dataclasses.replace(st, sql=stripped, partition_by=resolved)
 
 
-def _partition_keys(rest: list[_Token], i: int) -> tuple[list[_Token], int]:
+def _partition_keys(rest: list[Token], i: int) -> tuple[list[Token], int]:
     """The key identifiers after `PARTITION BY` starting at `rest[i]`, and the index after."""
     if i < len(rest) and rest[i].is_punct("("):
-        keys: list[_Token] = []
+        keys: list[Token] = []
         i += 1
         while True:
             token = rest[i] if i < len(rest) else None
@@ -508,7 +508,7 @@ def _partition_keys(rest: list[_Token], i: int) -> tuple[list[_Token], int]:
     raise _parse_error("expected a column name after PARTITION BY")
 
 
-def _resolve(key: _Token, columns: list[_Token], source: str) -> str:
+def _resolve(key: Token, columns: list[Token], source: str) -> str:
     """The column a PARTITION BY key names: exact spelling first, else case-insensitive
     (unless the key is quoted)."""
     for column in columns:
@@ -566,7 +566,7 @@ def _backquotes_to_double(sql: str) -> str:
     """`sql` with `ident` rewritten as "ident" (native accepts both; postgres only the latter)."""
     out: list[str] = []
     last = 0
-    for token in _tokens(sql):
+    for token in tokenize(sql):
         if token.kind == _QUOTED and token.text[0] == "`":
             out += [sql[last : token.start], '"', token.ident.replace('"', '""'), '"']
             last = token.end

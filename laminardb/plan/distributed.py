@@ -1,0 +1,291 @@
+"""Execute a `split.Plan`: worker SQL on the shards, the merge in a fresh native engine.
+
+Exactness comes first (DESIGN.md decision 6): before any worker is asked, the original query
+runs in a native engine over an empty copy of its relation (a probe, cached per query and
+relation definition). That probe is the single
+instance's verdict on the query: if it raises, the query is left to the gather path (which
+raises the native error); if it succeeds, its schema is the answer's schema, so names,
+types and nullability are the native ones whatever the merge computed them with. Anything
+unexpected on the way (a worker error, a partial type the merge engine cannot declare, a
+merged type that differs from the probe's) also hands the query back to the gather path,
+which answers exactly, only slower. `run` returns None in all those cases; `execute` raises.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from laminardb.cluster.catalog import Catalog, Relation, quote
+from laminardb.plan import split
+from laminardb.plan.split import PARTIALS, Plan, Rule
+
+log = logging.getLogger("laminardb.plan")
+
+Fetch = Callable[[str, list[int] | None], Sequence[pa.Table]]
+"""`fetch(sql, shards)`: the result of `sql` on each worker of `shards` (None: all)."""
+
+
+CACHE_SIZE = 1024
+"""Plans and probes kept per process (dashboards repeat queries; planning parses the SQL,
+a probe costs two native calls)."""
+
+_lock = threading.Lock()
+
+
+class Fallback(Exception):
+    """The plan cannot answer exactly; the gather path must (the reason is the message)."""
+
+
+def run(sql: str, catalog: Catalog, fetch: Fetch) -> pa.Table | None:
+    """The answer of `sql` through a distributed plan, or None when the caller must gather
+    (no rule applies, the native engine rejects the query, or the plan could not be exact)."""
+    found = cached_plan(sql, catalog)
+    if found is None:
+        return None
+    try:
+        return execute(found, catalog, fetch)
+    except Exception as exc:
+        log.debug("distributed plan (%s) handed back to gather: %s", found.rule.value, exc)
+        return None
+
+
+_plans: collections.OrderedDict[str, tuple[Plan, tuple[object, ...]]] = collections.OrderedDict()
+
+
+def cached_plan(sql: str, catalog: Catalog) -> Plan | None:
+    """`split.plan(sql, catalog)`, remembered while the relation it reads keeps the same
+    definition (a repeated query skips parsing; a query no rule splits is not remembered)."""
+    with _lock:
+        hit = _plans.get(sql)
+    if hit is not None:
+        relation = catalog.get(hit[0].relation)
+        if relation is not None and _definition(relation) == hit[1]:
+            return hit[0]
+    found = split.plan(sql, catalog)
+    relation = None if found is None else catalog.get(found.relation)
+    if found is not None and relation is not None:
+        with _lock:
+            _plans[sql] = (found, _definition(relation))
+            _plans.move_to_end(sql)
+            while len(_plans) > CACHE_SIZE:
+                _plans.popitem(last=False)
+    return found
+
+
+def _definition(relation: Relation) -> tuple[object, ...]:
+    """Everything about a relation that a plan or a probe depends on."""
+    return (
+        relation.name,
+        relation.kind,
+        relation.create_sql,
+        tuple(relation.alters),
+        relation.partition_by,
+        relation.home,
+        relation.schema.to_string(),
+    )
+
+
+def execute(plan: Plan, catalog: Catalog, fetch: Fetch) -> pa.Table:
+    """Run `plan` and return the answer with the native schema; raises on any problem
+    (`Fallback` for the planner's own reasons, the native error for a rejected query)."""
+    relation = catalog.get(plan.relation)
+    if relation is None:
+        raise Fallback(f"relation {plan.relation} is gone")
+    probe = _probe(plan, relation)
+    shards = None if plan.shards is None else list(plan.shards)
+    parts = [_conform_partial(t, probe.partials) for t in fetch(plan.worker_sql, shards)]
+    partials = pa.concat_tables(parts) if parts else probe.partials.empty_table()
+    merged = partials if plan.merge_sql is None else _merge(plan.merge_sql, probe, partials)
+    return _conform(merged, probe.answer)
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """What the native engine says about a plan over an empty copy of its relation: the
+    answer's schema, the worker SQL's (renamed to the partial columns) and the schema the
+    partials are declared with in the merge engine."""
+
+    answer: pa.Schema
+    partials: pa.Schema
+    storage: pa.Schema
+
+
+_probes: collections.OrderedDict[tuple[object, ...], _Probe | Fallback] = collections.OrderedDict()
+
+
+def _probe(plan: Plan, relation: Relation) -> _Probe:
+    """The plan's probe, from the cache when the query and the relation's definition are
+    the same; a refusal (`Fallback`, or the native error as one) is cached too."""
+    key = (plan.sql, plan.worker_sql, *_definition(relation))
+    with _lock:
+        found = _probes.get(key)
+        if found is not None:
+            _probes.move_to_end(key)
+    if found is None:
+        try:
+            found = _run_probe(plan, relation)
+        except Fallback as exc:
+            found = exc
+        except Exception as exc:
+            found = Fallback(f"{type(exc).__name__}: {exc}")
+        with _lock:
+            _probes[key] = found
+            while len(_probes) > CACHE_SIZE:
+                _probes.popitem(last=False)
+    if isinstance(found, Fallback):
+        raise Fallback(str(found))
+    return found
+
+
+def _run_probe(plan: Plan, relation: Relation) -> _Probe:
+    """Run the query and the worker SQL over an empty copy of the relation (as the gather
+    path declares it) and check that the partials can be merged exactly."""
+    import laminardb_native as native
+
+    engine: Any = native.open(":memory:")
+    try:
+        for ddl in relation.gather_ddl():
+            engine.execute(ddl)
+        answer = engine.sql(plan.sql).to_arrow()
+        if plan.rule is Rule.PUSHDOWN and answer.num_rows:
+            raise Fallback("the query aggregates (it has rows on empty input)")
+        partials = _renamed(engine.sql(plan.worker_sql).to_arrow().schema, plan)
+    finally:
+        engine.close()
+    if plan.rule is Rule.TWO_PHASE and any(
+        pa.types.is_decimal(f.type) for f in partials if f.name.startswith("_a")
+    ):
+        raise Fallback("decimal partial aggregates (their merged types would differ)")
+    storage = _storage(partials, plan.rule)
+    if plan.merge_sql is not None:
+        for f in storage:
+            sql_type(f.type)
+    return _Probe(answer.schema, partials, storage)
+
+
+def _merge(merge_sql: str, probe: _Probe, partials: pa.Table) -> pa.Table:
+    """`merge_sql` over the partials, in a fresh engine holding them as `PARTIALS`."""
+    import laminardb_native as native
+
+    engine: Any = native.open(":memory:")
+    try:
+        columns = [f"{quote(f.name)} {sql_type(f.type)}" for f in probe.storage]
+        engine.execute(f"CREATE SOURCE {PARTIALS} ({', '.join(columns)})")
+        declared = engine.schema(PARTIALS)
+        if declared.types != probe.storage.types:
+            raise Fallback(f"partials declared as {declared.types}, not {probe.storage.types}")
+        if partials.num_rows:
+            stored = partials.cast(probe.storage).combine_chunks()
+            batches = stored.to_batches()
+            engine.insert(PARTIALS, batches[0] if len(batches) == 1 else stored)
+        merged = engine.sql(merge_sql).to_arrow()
+    finally:
+        engine.close()
+    if probe.storage.types != probe.partials.types:
+        merged = merged.cast(pa.schema(list(_nullable(probe.partials))[: merged.num_columns]))
+    return merged
+
+
+def _renamed(schema: pa.Schema, plan: Plan) -> pa.Schema:
+    """The worker SQL's schema with the plan's partial column names."""
+    if len(schema) != len(plan.partial_columns):
+        raise Fallback(f"worker SQL gives {len(schema)} columns, the plan expects more or less")
+    return pa.schema(
+        [pa.field(n, f.type, f.nullable) for n, f in zip(plan.partial_columns, schema, strict=True)]
+    )
+
+
+def _conform_partial(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A worker's partial with the plan's column names; its types must be the probe's."""
+    if [f.type for f in table.schema] != [f.type for f in schema]:
+        raise Fallback(f"worker partial types {table.schema.types} differ from {schema.types}")
+    return pa.Table.from_arrays(table.columns, schema=_nullable(schema))
+
+
+def _nullable(schema: pa.Schema) -> pa.Schema:
+    """`schema` with every field nullable (the merge engine declares them so)."""
+    return pa.schema([f.with_nullable(True) for f in schema])
+
+
+_STORED_AS: dict[pa.DataType, pa.DataType] = {
+    pa.uint8(): pa.int16(),
+    pa.uint16(): pa.int32(),
+    pa.uint32(): pa.int64(),
+    pa.uint64(): pa.decimal128(20, 0),
+    pa.large_string(): pa.string(),
+    pa.string_view(): pa.string(),
+    pa.large_binary(): pa.binary(),
+}
+"""Types no SQL declares, stored for a merge that only sorts and cuts (rules 1 and 2) as a
+type with the same values, order and equality, and cast back after the merge."""
+
+
+def _storage(schema: pa.Schema, rule: Rule) -> pa.Schema:
+    """The schema the partials are kept in, in the merge engine."""
+    if rule is Rule.TWO_PHASE:
+        return _nullable(schema)
+    return pa.schema([pa.field(f.name, _STORED_AS.get(f.type, f.type)) for f in schema])
+
+
+_SQL_TYPES: dict[pa.DataType, str] = {
+    pa.int8(): "TINYINT",
+    pa.int16(): "SMALLINT",
+    pa.int32(): "INT",
+    pa.int64(): "BIGINT",
+    pa.float32(): "REAL",
+    pa.float64(): "DOUBLE",
+    pa.string(): "VARCHAR",
+    pa.bool_(): "BOOLEAN",
+    pa.date32(): "DATE",
+    pa.timestamp("us"): "TIMESTAMP",
+    pa.binary(): "BYTEA",
+}
+
+
+def sql_type(t: pa.DataType) -> str:
+    """The SQL type the native engine declares as Arrow type `t` (Fallback when none does)."""
+    if pa.types.is_decimal128(t):
+        return f"DECIMAL({t.precision}, {t.scale})"
+    found = _SQL_TYPES.get(t)
+    if found is None:
+        raise Fallback(f"no SQL type declares {t}")
+    return found
+
+
+def _conform(merged: pa.Table, expected: pa.Schema) -> pa.Table:
+    """The merged values under the native schema (names, types, nullability)."""
+    if [f.type for f in merged.schema] != [f.type for f in expected]:
+        raise Fallback(f"merged types {merged.schema.types} differ from native {expected.types}")
+    for column, f in zip(merged.columns, expected, strict=True):
+        if not f.nullable and column.null_count:
+            raise Fallback(f"NULL in non-nullable column {f.name}")
+    return pa.Table.from_arrays(merged.columns, schema=expected)
+
+
+def cluster_fetch(cluster: Any) -> Fetch:
+    """A `Fetch` over a `Cluster`: one Query request per shard, answered in shard order."""
+    from laminardb.wire import arrow_ipc, protocol
+
+    def fetch(sql: str, shards: list[int] | None) -> list[pa.Table]:
+        replies = cluster.broadcast(lambda rid: protocol.Query(rid, sql), shards)
+        return [arrow_ipc.loads(r.data.buffer) for r in replies]
+
+    return fetch
+
+
+def explain_rows(plan: Plan, workers: int) -> list[tuple[str, str]]:
+    """The plan as (plan_key, plan_value) rows, like `gather.explain_rows`."""
+    shards = range(workers) if plan.shards is None else plan.shards
+    return [
+        ("distributed_plan", plan.rule.value),
+        ("workers", ",".join(str(i) for i in shards)),
+        ("worker_sql", plan.worker_sql),
+        ("merge", plan.merge_sql or "concatenate the partials"),
+    ]

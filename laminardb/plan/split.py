@@ -1,0 +1,322 @@
+"""Split one SELECT into SQL that every worker runs over its shard plus a merge over the partials.
+
+Pure logic (SQL and catalog in, `Plan` out, no I/O); `distributed` executes plans. This is the
+first slice of the distributed planner (DESIGN.md decision 6, issue 3): queries over exactly
+one relation, without joins, subqueries, CTEs, window functions, DISTINCT or set operations.
+Three rules, tried in this order:
+
+* `KEYED_GROUP`: GROUP BY containing every partition-key column of a keyed source. All rows
+  of a group live on one worker, so the whole query (HAVING included) runs per worker and the
+  partials are concatenated; the merge applies the final ORDER BY / LIMIT / OFFSET.
+* `TWO_PHASE`: other aggregations made only of COUNT, SUM, MIN, MAX and AVG. Workers group by
+  the group keys and compute partial aggregates; the merge groups the partials again
+  (COUNT becomes a COALESCEd SUM of counts, AVG a SUM of sums over a SUM of counts) and then
+  evaluates expressions over aggregates, HAVING, ORDER BY and LIMIT.
+* `PUSHDOWN`: no aggregation. Workers run the filter and projection; with ORDER BY and LIMIT
+  each worker also keeps only its top `offset + limit` rows, and the merge sorts and cuts.
+
+Anything else gives None and the caller gathers (never a wrong answer). Two guards keep the
+rules exact: user expressions are copied into the generated SQL as the user wrote them (text
+spans from the statement tokenizer; sqlglot's AST is used to understand the query, never to
+print it, because printing changes DataFusion semantics, e.g. `^` or `round`), and the native
+engine has the last word on names, types and errors (`distributed` runs the original query on
+an empty copy of the relation first and only then asks the workers).
+
+Native facts relied on (laminardb 0.17.0): identifiers are case-sensitive and never folded
+(`K` and `k` differ, aliases keep their case); ORDER BY prefers a select alias over an input
+column, also inside expressions, while GROUP BY and HAVING prefer input columns; ASC sorts
+NULLs last and DESC first; a top-level ORDER BY without LIMIT is refused when one of its keys
+is a column name (`ORDER BY k`) but not when all are expressions (`ORDER BY (k)`, `k + 1`,
+`1`), so merges put every sort key in parentheses to add no refusal of their own.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+from sqlglot import exp
+
+from laminardb.cluster.catalog import Catalog, quote
+from laminardb.plan.layout import (
+    NoPlan,
+    Query,
+    Span,
+    TokenKey,
+    aliases_of,
+    analyse,
+    columns_in,
+    group_keys,
+    groups_by_key,
+    name_of,
+    node_span,
+    order_target,
+    shadowing,
+    token_key,
+)
+
+PARTIALS = "__ldb_partials"
+"""The relation that holds the concatenated partials in the merge engine."""
+
+
+class Rule(enum.Enum):
+    """Which rewrite produced a plan."""
+
+    PUSHDOWN = "pushdown"
+    KEYED_GROUP = "keyed-group"
+    TWO_PHASE = "two-phase"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How to answer `sql` from the workers.
+
+    Every worker in `shards` (None: all of them) runs `worker_sql`; the columns of its result
+    are renamed by position to `partial_columns` and the results concatenated. With
+    `merge_sql` None the concatenation is the answer, else `merge_sql` runs over it as
+    relation `PARTIALS` in a fresh engine. The answer then gets the names and types the
+    native engine gives `sql` (the merge only computes the values).
+    """
+
+    rule: Rule
+    sql: str
+    relation: str
+    shards: tuple[int, ...] | None
+    worker_sql: str
+    partial_columns: tuple[str, ...]
+    merge_sql: str | None
+
+
+def plan(sql: str, catalog: Catalog) -> Plan | None:
+    """The distributed plan of one SELECT, or None when no rule of this slice applies."""
+    try:
+        return _plan(sql, catalog)
+    except NoPlan:
+        return None
+
+
+def _plan(sql: str, catalog: Catalog) -> Plan:
+    """The first rule that applies: keyed group, then two-phase, then pushdown."""
+    query = analyse(sql, catalog)
+    grouped = bool(query.group) or query.having is not None
+    aggregates = any(True for _ in query.tree.find_all(exp.AggFunc))
+    shards = None if query.relation.home is None else (query.relation.home,)
+    if grouped and groups_by_key(query):
+        return _per_worker(query, Rule.KEYED_GROUP, shards)
+    if grouped or aggregates:
+        return _two_phase(query, shards)
+    for order in query.order:
+        if any(isinstance(n, exp.Anonymous) for n in order.node.walk()):
+            raise NoPlan("unknown function in ORDER BY")
+    return _per_worker(query, Rule.PUSHDOWN, shards)
+
+
+# ---------------------------------------------------------------------------- rules 1 and 2
+
+
+def _limits(limit: int | None, offset: int | None) -> str:
+    """` LIMIT n OFFSET m`, each part only when given."""
+    return (f" LIMIT {limit}" if limit is not None else "") + (
+        f" OFFSET {offset}" if offset is not None else ""
+    )
+
+
+def _per_worker(query: Query, rule: Rule, shards: tuple[int, ...] | None) -> Plan:
+    """Rules 1 and 2: the query runs per worker as written, plus hidden sort columns; with
+    ORDER BY and LIMIT each worker keeps its top offset+limit rows."""
+    visible = [f"_p{i}" for i in range(len(query.items))]
+    hidden: list[str] = []
+    hidden_sql: list[str] = []
+    keys: list[str] = []
+    for order in query.order:
+        target = order_target(query, order)
+        if target is None:
+            name = f"_h{len(hidden)}"
+            hidden.append(name)
+            hidden_sql.append(f"{query.text(order.span)} AS {quote('__ldb' + name)}")
+            keys.append(f"({quote(name)}) {order.direction}")
+        else:
+            keys.append(f"({quote(visible[target])}) {order.direction}")
+    select = ", ".join([item.full_text for item in query.items] + hidden_sql)
+    worker = f"SELECT {select} {query.body}"
+    if query.limit is not None:
+        if query.order:
+            worker += f" ORDER BY {query.order_text}"
+        worker += _limits(query.limit + (query.offset or 0), None)
+    merge: str | None = None
+    if query.order or query.limit is not None or query.offset is not None:
+        merge = f"SELECT {', '.join(quote(v) for v in visible)} FROM {PARTIALS}"
+        if keys:
+            merge += f" ORDER BY {', '.join(keys)}"
+        merge += _limits(query.limit, query.offset)
+    columns = tuple(visible + hidden)
+    return Plan(rule, query.sql, query.relation.name, shards, worker, columns, merge)
+
+
+# ---------------------------------------------------------------------------- rule 3
+
+
+_SCALAR_FUNCTIONS = frozenset({"arrow_typeof"})
+"""Functions sqlglot does not know that may run over merged aggregates: they are scalar, and
+every merged aggregate has its native type (`distributed` refuses decimal partials)."""
+_MERGE_OF = {exp.Sum: "SUM", exp.Min: "MIN", exp.Max: "MAX"}
+_REFUSED_IN_MERGE: tuple[type[exp.Expr], ...] = (
+    exp.Anonymous,
+    exp.Filter,
+    exp.IgnoreNulls,
+    exp.RespectNulls,
+    exp.WithinGroup,
+    exp.Star,
+    exp.Distinct,
+)
+
+
+@dataclass
+class _TwoPhase:
+    """State of the two-phase rewrite: group keys and partial aggregates for the workers."""
+
+    query: Query
+    keys: list[TokenKey] = field(default_factory=list)
+    partials: dict[TokenKey, tuple[str, str]] = field(default_factory=dict)
+
+    def partial(self, key: TokenKey, sql: str) -> str:
+        """Quoted column name of the partial aggregate `sql` (one per distinct key)."""
+        if key not in self.partials:
+            self.partials[key] = (f"_a{len(self.partials)}", sql)
+        return quote(self.partials[key][0])
+
+
+def _merged(state: _TwoPhase, node: exp.Expr, span: Span, *, having: bool = False) -> str:
+    """The text at `span` (expression `node`) rewritten over the partials: group keys become
+    `_kN` columns, aggregates their merge over `_aN` partial columns."""
+    query = state.query
+    edits: list[tuple[int, int, str]] = []
+
+    def visit(n: exp.Expr, at: Span | None) -> None:
+        if at is not None:
+            key = token_key(query, at)
+            if key in state.keys:
+                edits.append((at[0], at[1], quote(f"_k{state.keys.index(key)}")))
+                return
+        if isinstance(n, exp.AggFunc):
+            if at is None:
+                raise NoPlan("aggregate without position")
+            edits.append((at[0], at[1], _aggregate(state, n, at)))
+            return
+        if isinstance(n, exp.Column):
+            name = name_of(n.this)
+            found = aliases_of(query).get(name, [])
+            if having and at is not None and name not in query.columns and len(found) == 1:
+                item = query.items[found[0]]
+                edits.append((at[0], at[1], f"({_merged(state, item.node, item.span)})"))
+                return
+            raise NoPlan(f"{name} is neither grouped nor aggregated")
+        if isinstance(n, exp.Anonymous) and n.name.lower() in _SCALAR_FUNCTIONS:
+            pass
+        elif isinstance(n, _REFUSED_IN_MERGE):
+            raise NoPlan(f"{type(n).__name__} over aggregates")
+        for child in n.iter_expressions():
+            visit(child, node_span(query, child))
+
+    if having:
+        _no_alias_references_in_having(query, node)
+    visit(node, span)
+    text = query.sql
+    out: list[str] = []
+    last = span[0]
+    for start, end, replacement in sorted(edits):
+        if start < last or end > span[1]:
+            raise NoPlan("overlapping rewrites")
+        out += [text[last:start], replacement]
+        last = end
+    out.append(text[last : span[1]])
+    return "".join(out)
+
+
+def _no_alias_references_in_having(query: Query, node: exp.Expr) -> None:
+    """Refuse HAVING names that are both an input column and another item's alias."""
+    for col in columns_in(node):
+        name = name_of(col.this)
+        if not col.args.get("table") and name in query.columns and shadowing(query, name):
+            raise NoPlan(f"{name} names both a column and a select alias")
+
+
+def _aggregate(state: _TwoPhase, node: exp.AggFunc, span: Span) -> str:
+    """Merge expression of one aggregate call, registering its partials."""
+    query = state.query
+    extra = {k: v for k, v in node.args.items() if k not in ("this", "big_int") and v}
+    if extra or isinstance(node.this, exp.Distinct) or node.this is None:
+        raise NoPlan("aggregate with more than one plain argument")
+    key = token_key(query, span)
+    if isinstance(node, exp.Count):
+        return f"COALESCE(SUM({state.partial(key, query.text(span))}), 0)"
+    if isinstance(node, exp.Sum | exp.Min | exp.Max):
+        return f"{_MERGE_OF[type(node)]}({state.partial(key, query.text(span))})"
+    if isinstance(node, exp.Avg):
+        inner = (query.toks[query.index[span[0]] + 1].end, span[1] - 1)
+        argument, arg_key = query.text(inner), token_key(query, inner)
+        count = state.partial(_call_key("COUNT", arg_key), f"count({argument})")
+        if _is_float_column(query, node.this):
+            total = state.partial(_call_key("SUM", arg_key), f"sum({argument})")
+            return f"(SUM({total}) / CAST(SUM({count}) AS DOUBLE))"
+        mean = state.partial(key, query.text(span))
+        return f"(SUM({mean} * CAST({count} AS DOUBLE)) / CAST(SUM({count}) AS DOUBLE))"
+    raise NoPlan(f"{type(node).__name__} has no two-phase form yet")
+
+
+def _call_key(function: str, arg_key: TokenKey) -> TokenKey:
+    """The token key of `function(<argument>)`, to share partials with the user's calls."""
+    return (("word", function), ("punct", "("), *arg_key, ("punct", ")"))
+
+
+def _is_float_column(query: Query, node: object) -> bool:
+    """Whether `node` is a floating-point column: its AVG is then SUM / COUNT, sharing the
+    partials of a SUM and COUNT of it (an integer's AVG keeps a per-worker AVG partial:
+    native averages integers in floating point, where a partial integer SUM could overflow).
+    """
+    if not isinstance(node, exp.Column) or isinstance(node.this, exp.Star):
+        return False
+    name = name_of(node.this)
+    schema = query.relation.schema
+    return name in query.columns and pa.types.is_floating(schema.field(name).type)
+
+
+def _two_phase(query: Query, shards: tuple[int, ...] | None) -> Plan:
+    """Rule 3: partial aggregates per worker, final aggregates and the rest in the merge."""
+    if any(item.span == (0, 0) for item in query.items):
+        raise NoPlan("* in an aggregation")
+    state = _TwoPhase(query)
+    keys = group_keys(query)
+    state.keys = [token_key(query, span) for _, span, _ in keys]
+    outputs = [quote(f"_o{i}") for i in range(len(query.items))]
+    select = [
+        f"{_merged(state, item.node, item.span)} AS {outputs[i]}"
+        for i, item in enumerate(query.items)
+    ]
+    having = ""
+    if query.having is not None:
+        having = f" HAVING {_merged(state, *query.having, having=True)}"
+    order_keys: list[str] = []
+    for order in query.order:
+        target = order_target(query, order)
+        what = outputs[target] if target is not None else _merged(state, order.node, order.span)
+        order_keys.append(f"({what}) {order.direction}")
+    if not state.partials and not keys:
+        raise NoPlan("nothing to aggregate")
+    group_cols = [quote(f"_k{i}") for i in range(len(keys))]
+    worker_cols = [f"{text} AS {group_cols[i]}" for i, (_, _, text) in enumerate(keys)]
+    worker_cols += [f"{sql} AS {quote(name)}" for name, sql in state.partials.values()]
+    worker = f"SELECT {', '.join(worker_cols)} {query.from_where}"
+    merge = f"SELECT {', '.join(select)} FROM {PARTIALS}"
+    if keys:
+        worker += " GROUP BY " + ", ".join(str(i + 1) for i in range(len(keys)))
+        merge += " GROUP BY " + ", ".join(group_cols)
+    merge += having
+    if order_keys:
+        merge += f" ORDER BY {', '.join(order_keys)}"
+    merge += _limits(query.limit, query.offset)
+    columns = [f"_k{i}" for i in range(len(keys))] + [n for n, _ in state.partials.values()]
+    return Plan(
+        Rule.TWO_PHASE, query.sql, query.relation.name, shards, worker, tuple(columns), merge
+    )
