@@ -6,16 +6,24 @@ and a stream created after `start()` never runs. So every source gets a hidden d
 any source could fill up; and a source created after the start, which no running stream can
 drain, triggers a rebuild (a fresh engine, the DDL replayed, the retained rows re-inserted as
 one batch per source) before it could fill up.
+
+Every user stream is consumed by the worker's `StreamPump` (workers/streams.py) from the
+moment it exists; the engine tells the pump when streams come and go and when it is rebuilt,
+so that subscribers neither lose nor see twice a result across a rebuild.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import laminardb_native as native
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    from workers.streams import StreamPump
 
 log = logging.getLogger("laminardb.worker")
 
@@ -56,6 +64,8 @@ class Engine:
     batches_ingested: int = 0
     rebuilds: int = 0
     writers: dict[str, Any] = field(default_factory=dict)
+    streams: StreamPump | None = None
+    last_insert: float = 0.0
 
     def execute(self, sql: str, kind: str, name: str | None) -> dict[str, Any]:
         """Run one statement and keep the drain streams and the DDL log in step with it."""
@@ -85,6 +95,12 @@ class Engine:
         if kind in ("CREATE_STREAM", "CREATE_MATERIALIZED_VIEW") and self.started:
             # A stream created after start never runs in the native engine: restart it.
             self.rebuild()
+        if self.streams is not None and kind in (
+            "CREATE_STREAM",
+            "CREATE_MATERIALIZED_VIEW",
+            "DROP",
+        ):
+            self.streams.sync(self.conn)
         return _execute_result(result)
 
     def _add_drain(self, source: str) -> None:
@@ -102,6 +118,8 @@ class Engine:
             raise
         self.ddl.append(sql)
         self.sources.pop(name, None)
+        if self.streams is not None:
+            self.streams.sync(self.conn)  # a cascade may have dropped streams
         return _execute_result(result)
 
     def warm_up(self) -> None:
@@ -129,6 +147,7 @@ class Engine:
         self.conn.insert(source, batch[0] if len(batch) == 1 else table)
         self.rows_ingested += table.num_rows
         self.batches_ingested += 1
+        self.last_insert = time.monotonic()
         return int(table.num_rows)
 
     def watermark(self, source: str, timestamp: int) -> int:
@@ -144,6 +163,8 @@ class Engine:
 
     def rebuild(self) -> None:
         """A fresh, started engine with the same catalog and retained rows, every source drained."""
+        from workers import streams
+
         retained = {
             name: self.conn.sql(f"SELECT * FROM {name}").to_arrow() for name in self.sources
         }
@@ -154,20 +175,35 @@ class Engine:
         for name in self.sources:
             fresh.execute(drain_sql(name))
             sources[name] = SourceState(drained=True)
+        pump = self.streams
+        subscriptions = pump.prepare(fresh) if pump is not None else {}
         fresh.start()
+        replayed_at = time.monotonic()
         for name, table in retained.items():
             if table.num_rows:
                 fresh.insert(name, table.combine_chunks().to_batches()[0])
                 sources[name].batches = 1
+        if pump is not None:
+            # The old engine's last results go out before its consumers stop...
+            if self.started:
+                streams.quiesce(self.conn, self.last_insert)
+            pump.stop(drain=True)
         self.writers.clear()
         old, self.conn = self.conn, fresh
         self.sources = sources
         self.started = True
         self.rebuilds += 1
         old.close()
+        if pump is not None:
+            # ...and the results of the replayed rows, which subscribers already had, are dropped.
+            if any(t.num_rows for t in retained.values()):
+                streams.quiesce(fresh, replayed_at)
+            pump.resume(subscriptions)
         log.info("engine rebuilt (%d sources)", len(sources))
 
     def close(self) -> None:
+        if self.streams is not None:
+            self.streams.stop(drain=False)  # a consumer polling a closed engine never returns
         self.conn.close()
 
 

@@ -33,6 +33,7 @@ class WorkerSpec:
 
     shard: int
     endpoint: str
+    data_endpoint: str
     arena_name: str
     arena_size: int
     parent_pid: int
@@ -88,9 +89,14 @@ class Server:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.IDENTITY, f"w{spec.shard}".encode())
         self.sock.connect(spec.endpoint)
+        from workers.streams import StreamPump
+
+        self.pump = StreamPump(self.ctx, spec.data_endpoint, spec.shard)
+        engine.streams = self.pump
         self.staged: dict[int, list[tuple[str, pa.Table]]] = {}
 
     def serve(self) -> None:
+        self.pump.hello()
         hello = protocol.Hello(protocol.PROTOCOL_VERSION, self.spec.shard, os.getpid())
         self.sock.send(protocol.encode(hello))
         self.engine.warm_up()
@@ -106,7 +112,8 @@ class Server:
                 if isinstance(request, protocol.Shutdown):
                     break
         finally:
-            self.engine.close()
+            self.engine.close()  # stops the stream consumers before the engine closes
+            self.pump.close()
             self.sock.close(0)
             self.ctx.term()
             self.arena.close()
@@ -145,6 +152,9 @@ class Server:
             return result, (arrow_ipc.dumps(table) if table is not None else None)
         if isinstance(r, protocol.Call):
             return self._call(r.method, r.args)
+        if isinstance(r, (protocol.Subscribe, protocol.Unsubscribe)):
+            self.pump.forward(engine.conn, r.stream, isinstance(r, protocol.Subscribe))
+            return None, None
         if isinstance(r, protocol.Shutdown):
             return None, None
         raise TypeError(f"unknown request {type(r).__name__}")

@@ -26,11 +26,16 @@ from laminardb.api.errors import (
     IngestionError,
     LaminarError,
     QueryError,
-    StreamError,
     codes,
 )
 from laminardb.api.results import CheckpointResult, ExecuteResult, QueryResult
-from laminardb.api.subscriptions import Subscription
+from laminardb.api.subscriptions import (
+    AsyncStreamSubscription,
+    AsyncSubscription,
+    CallbackSubscription,
+    StreamSubscription,
+    Subscription,
+)
 from laminardb.api.writer import Writer
 from laminardb.cluster import ddl
 from laminardb.cluster.catalog import Catalog, quote
@@ -39,6 +44,8 @@ from laminardb.ingest import convert
 from laminardb.ingest.router import FLUSH_DELAY_S, SPLIT_ROWS, Router
 from laminardb.plan import distributed, gather, statements
 from laminardb.plan.statements import StatementKind
+from laminardb.streams import feed as stream_feed
+from laminardb.streams.hub import StreamHub
 from laminardb.wire import arrow_ipc, protocol
 
 log = logging.getLogger("laminardb")
@@ -66,7 +73,10 @@ class Connection:
     worker (bigger inserts are chunked through it); `split_rows`, the rows per worker at
     which a shipment of an unkeyed source is split evenly over all workers (smaller ones go
     whole to the next worker in turn); `request_timeout_s`, how long a call waits for a
-    live worker before failing with `ConnectionError`.
+    live worker before failing with `ConnectionError`; `subscription_batches` and
+    `subscription_bytes`, how much one stream subscriber may leave unread before it fails
+    with `SubscriptionError` (the bound that keeps a slow subscriber from using unbounded
+    memory).
     """
 
     def __init__(
@@ -78,6 +88,8 @@ class Connection:
         arena_bytes: int = 64 << 20,
         split_rows: int = SPLIT_ROWS,
         request_timeout_s: float = 300.0,
+        subscription_batches: int = stream_feed.MAX_BATCHES,
+        subscription_bytes: int = stream_feed.MAX_BYTES,
     ):
         self.path = path
         self.config = config or LaminarConfig()
@@ -96,7 +108,15 @@ class Connection:
         self._shutdown = False
         self._background_error: BaseException | None = None
         self._stop = threading.Event()
-        self._finalizer = weakref.finalize(self, _finalize, self._cluster, self._stop)
+        self._streams = StreamHub(
+            self._cluster,
+            self._cluster.take_data_socket(),
+            max_batches=subscription_batches,
+            max_bytes=subscription_bytes,
+        )
+        self._finalizer = weakref.finalize(
+            self, _finalize, self._cluster, self._stop, self._streams
+        )
         self._flusher = threading.Thread(
             target=_flush_loop,
             args=(weakref.ref(self), self._stop),
@@ -283,23 +303,51 @@ class Connection:
         """A one-shot snapshot of `sql`, iterated batch by batch (the native semantics)."""
         return Subscription(self.sql(sql).to_arrow())
 
-    def _streams_not_ready(self, what: str) -> StreamError:
-        return StreamError(f"{what} over sharded streams is not available yet in the cluster")
+    def subscribe_callback(
+        self, sql: str, on_data: Any, on_error: Any = None
+    ) -> CallbackSubscription:
+        """A one-shot snapshot of `sql` passed batch by batch to `on_data` (native semantics)."""
+        table = self.sql(sql).to_arrow()
+        feed = stream_feed.Feed.finished("query", table.to_batches(), table.schema)
+        return CallbackSubscription(
+            feed, on_data, on_error, kind="query", adopt=self._streams.adopt
+        )
 
-    def subscribe_stream(self, name: str) -> Any:
-        raise self._streams_not_ready(f"subscribe_stream({name!r})")
+    async def subscribe_async(self, sql: str) -> AsyncSubscription:
+        """A one-shot snapshot of `sql`, iterated with `async for` (native semantics)."""
+        table = self.sql(sql).to_arrow()
+        return AsyncSubscription(
+            stream_feed.Feed.finished("query", table.to_batches(), table.schema)
+        )
 
-    def subscribe_callback(self, sql: str, on_data: Any, on_error: Any = None) -> Any:
-        raise self._streams_not_ready("subscribe_callback")
+    def _open_stream(self, name: str) -> stream_feed.Feed:
+        with self._lock:
+            self._check()
+            return self._streams.open(name, self._catalog)
 
-    def subscribe_stream_callback(self, name: str, on_data: Any, on_error: Any = None) -> Any:
-        raise self._streams_not_ready(f"subscribe_stream_callback({name!r})")
+    def subscribe_stream(self, name: str) -> StreamSubscription:
+        """Every batch of stream `name` produced from now on, merged over all workers.
 
-    def subscribe_async(self, sql: str) -> Any:
-        raise self._streams_not_ready("subscribe_async")
+        Any number of subscribers may follow one stream. Streams whose per-worker results
+        do not add up by union (see laminardb/streams/union.py) raise `StreamError`.
+        """
+        return StreamSubscription(self._open_stream(name), self._streams.release)
 
-    def subscribe_stream_async(self, name: str) -> Any:
-        raise self._streams_not_ready(f"subscribe_stream_async({name!r})")
+    def subscribe_stream_callback(
+        self, name: str, on_data: Any, on_error: Any = None
+    ) -> CallbackSubscription:
+        """Like `subscribe_stream`, with each batch passed to `on_data` on a thread of its own."""
+        return CallbackSubscription(
+            self._open_stream(name),
+            on_data,
+            on_error,
+            release=self._streams.release,
+            adopt=self._streams.adopt,
+        )
+
+    async def subscribe_stream_async(self, name: str) -> AsyncStreamSubscription:
+        """Like `subscribe_stream`, read with `async for` (awaitable, as in native)."""
+        return AsyncStreamSubscription(self._open_stream(name), self._streams.release)
 
     def query_stream(self, name: str, filter: str | None = None) -> QueryResult:
         """Re-run a stream's SQL as a batch query over the retained rows (like native)."""
@@ -510,7 +558,8 @@ def _flush_loop(ref: weakref.ref[Connection], stop: threading.Event) -> None:
         del conn
 
 
-def _finalize(cluster: Cluster, stop: threading.Event) -> None:
+def _finalize(cluster: Cluster, stop: threading.Event, streams: StreamHub) -> None:
     stop.set()
+    streams.close()  # before the cluster: its context waits for the data socket to close
     with cluster.lock:
         cluster.close()

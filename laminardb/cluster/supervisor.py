@@ -6,6 +6,11 @@ re-imports the caller's main module, so scripts need no `__main__` guard), gets 
 shared-memory arena, and connects a DEALER socket to our ROUTER on
 a private ipc:// endpoint. Requests carry ids; while we wait for replies we watch every
 worker we wait on, so a dead worker is reported by name within a poll tick instead of hanging.
+
+Each worker also connects a PUSH socket to our PULL socket (the data channel, for stream
+output). Both endpoints live in a private temporary folder that is removed as soon as every
+worker has greeted on both channels, so nothing of ours stays in the file system. The PULL
+socket is handed to the streams layer (`take_data_socket`), whose receiver thread owns it.
 """
 
 from __future__ import annotations
@@ -98,6 +103,10 @@ class Cluster:
         self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         endpoint = f"ipc://{self._dir}/ctl"
         self._sock.bind(endpoint)
+        self._data: zmq.Socket[bytes] | None = self._ctx.socket(zmq.PULL)
+        self._data.setsockopt(zmq.LINGER, 0)
+        self._data_endpoint = f"ipc://{self._dir}/data"
+        self._data.bind(self._data_endpoint)
         try:
             self._spawn(endpoint)
         except BaseException:
@@ -116,6 +125,7 @@ class Cluster:
             spec = WorkerSpec(
                 shard=shard,
                 endpoint=endpoint,
+                data_endpoint=self._data_endpoint,
                 arena_name=arena.name,
                 arena_size=arena.size,
                 parent_pid=os.getpid(),
@@ -137,9 +147,17 @@ class Cluster:
 
     def _await_hello(self) -> None:
         waiting = {w.identity: w for w in self.workers}
+        data_waiting = {w.shard: w for w in self.workers}
         deadline = time.monotonic() + START_TIMEOUT_S
-        while waiting:
-            if self._sock.poll(POLL_MS):
+        while waiting or data_waiting:
+            assert self._data is not None
+            while self._data.poll(0):
+                hello = protocol.decode_data(self._data.recv_multipart()[0])
+                if isinstance(hello, protocol.PushHello):
+                    data_waiting.pop(hello.shard, None)
+            if not waiting:
+                self._data.poll(POLL_MS)
+            elif self._sock.poll(POLL_MS):
                 identity, payload = self._sock.recv_multipart()
                 msg = protocol.decode_reply(payload)
                 worker = waiting.pop(identity, None)
@@ -151,20 +169,28 @@ class Cluster:
                         f"expected {protocol.PROTOCOL_VERSION}",
                         code=codes.CONNECTION_FAILED,
                     )
-            for worker in waiting.values():
+            for worker in (*waiting.values(), *data_waiting.values()):
                 if not worker.alive:
                     raise ConnectionError(
                         f"{worker.describe()} exited with code {worker.exitcode} while starting",
                         code=codes.CONNECTION_FAILED,
                     )
             if time.monotonic() > deadline:
+                late = {w.shard for w in (*waiting.values(), *data_waiting.values())}
                 raise ConnectionError(
-                    f"workers {sorted(w.shard for w in waiting.values())} did not start "
-                    f"within {START_TIMEOUT_S:.0f} s",
+                    f"workers {sorted(late)} did not start within {START_TIMEOUT_S:.0f} s",
                     code=codes.CONNECTION_FAILED,
                 )
 
     # -- requests -------------------------------------------------------------------------
+
+    def take_data_socket(self) -> zmq.Socket[bytes]:
+        """The PULL socket of the data channel; the caller owns it from now on and closes it
+        (from the thread that reads it) before `close()` is called."""
+        sock, self._data = self._data, None
+        if sock is None:
+            raise RuntimeError("the data socket was already taken")
+        return sock
 
     def next_txn(self) -> int:
         return next(self._txns)
@@ -267,6 +293,8 @@ class Cluster:
                 worker.process.wait(STOP_TIMEOUT_S)
             worker.arena.close()
         self._sock.close(0)
+        if self._data is not None:
+            self._data.close(0)
         self._ctx.term()
         shutil.rmtree(self._dir, ignore_errors=True)
 

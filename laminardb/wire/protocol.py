@@ -3,6 +3,11 @@
 Every message is a tagged msgspec struct in one msgpack frame; Arrow data never travels in
 it: inserts point into the worker's shared-memory arena, and results follow as extra frames
 of Arrow IPC. A worker greets with its protocol version and is refused on a mismatch.
+
+Stream output travels on a second channel, one way: each worker PUSHes `StreamBatch`
+messages (plus an Arrow IPC frame) to the coordinator's PULL socket, so a busy request loop
+never delays results and a result never waits behind a request. `Subscribe` / `Unsubscribe`
+on the request channel turn a stream's forwarding on and off.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 
 class Hello(msgspec.Struct, tag=True):
@@ -81,6 +86,20 @@ class Shutdown(msgspec.Struct, tag=True):
     rid: int
 
 
+class Subscribe(msgspec.Struct, tag=True):
+    """Forward the output of stream `stream` on the data channel from now on."""
+
+    rid: int
+    stream: str
+
+
+class Unsubscribe(msgspec.Struct, tag=True):
+    """Stop forwarding `stream` (its output is still consumed, and dropped, by the worker)."""
+
+    rid: int
+    stream: str
+
+
 class ErrorInfo(msgspec.Struct):
     """An exception raised on a worker: class name, message and native code."""
 
@@ -97,13 +116,36 @@ class Reply(msgspec.Struct, tag=True):
     error: ErrorInfo | None = None
 
 
-Request = Execute | Query | Stage | Commit | Abort | Call | Shutdown
+class PushHello(msgspec.Struct, tag=True):
+    """First message on the data channel: the worker's PUSH socket is connected."""
+
+    shard: int
+
+
+class StreamBatch(msgspec.Struct, tag=True):
+    """One result batch of `stream` from worker `shard`; the Arrow IPC stream follows."""
+
+    shard: int
+    stream: str
+
+
+class StreamFailed(msgspec.Struct, tag=True):
+    """The worker's consumer of `stream` failed: no more output will come from `shard`."""
+
+    shard: int
+    stream: str
+    error: ErrorInfo
+
+
+Request = Execute | Query | Stage | Commit | Abort | Call | Subscribe | Unsubscribe | Shutdown
 ToWorker = Request
 FromWorker = Hello | Reply
+DataMessage = PushHello | StreamBatch | StreamFailed
 
 _encoder = msgspec.msgpack.Encoder()
 _to_worker: msgspec.msgpack.Decoder[Request] = msgspec.msgpack.Decoder(ToWorker)
 _from_worker: msgspec.msgpack.Decoder[Hello | Reply] = msgspec.msgpack.Decoder(FromWorker)
+_data: msgspec.msgpack.Decoder[DataMessage] = msgspec.msgpack.Decoder(DataMessage)
 
 
 def encode(msg: msgspec.Struct) -> bytes:
@@ -116,3 +158,7 @@ def decode_request(data: bytes | memoryview) -> Request:
 
 def decode_reply(data: bytes | memoryview) -> Hello | Reply:
     return _from_worker.decode(data)
+
+
+def decode_data(data: bytes | memoryview) -> DataMessage:
+    return _data.decode(data)

@@ -1,0 +1,248 @@
+"""The coordinator's side of stream subscriptions: receive, fan out, and tell workers what to send.
+
+Every worker holds the one native consumer of each stream (workers/streams.py) and pushes the
+results of the streams the coordinator asked for on the data channel. One receiver thread
+reads that channel and appends each batch to the `Feed` of every subscriber of its stream, so
+a stream can have any number of subscribers, each with its own bounded buffer: a slow one
+fails alone (see feed.py) and never holds up the others or the workers.
+
+The receiver never sends requests to workers: a worker's request loop can be blocked behind
+its engine, which can be blocked behind a stream waiting for us to read, so waiting on a
+worker from the receiver could deadlock. Workers are told to start forwarding a stream
+(`Subscribe`) by the subscribing call, which holds the connection's lock; they are told to
+stop (`Unsubscribe`) when the last subscriber leaves and the lock is free at that moment, or
+else by the next subscribing call. Until then the receiver drops batches nobody wants.
+
+A stream is served only where the union of the workers' outputs is its output (union.py, or
+a single worker); others raise `StreamError` rather than deliver per-shard partial results.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import pyarrow as pa
+import zmq
+
+from laminardb.api.errors import LaminarError, SchemaError, StreamError, SubscriptionError, codes
+from laminardb.cluster.catalog import Catalog
+from laminardb.cluster.supervisor import Cluster
+from laminardb.streams import union
+from laminardb.streams.feed import MAX_BATCHES, MAX_BYTES, Feed
+from laminardb.wire import arrow_ipc, protocol
+
+log = logging.getLogger("laminardb.streams")
+
+POLL_MS = 50
+LIVENESS_S = 0.5
+"""How often the receiver checks that every worker is alive while subscribers wait."""
+JOIN_S = 2.0
+"""How long `close` waits for a callback thread still running user code."""
+
+
+class StreamHub:
+    """Subscribers by stream, the receiver thread that feeds them, and forwarding control."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        sock: zmq.Socket[Any],
+        max_batches: int = MAX_BATCHES,
+        max_bytes: int = MAX_BYTES,
+    ):
+        self._cluster = cluster
+        self._sock = sock
+        self.max_batches = max_batches
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()  # guards _feeds, _forwarded, _threads
+        self._feeds: dict[str, list[Feed]] = {}
+        self._forwarded: set[str] = set()  # streams the workers were told to send
+        self._threads: list[threading.Thread] = []  # callback threads, joined by close
+        self._lost: LaminarError | None = None
+        self._stop = threading.Event()
+        self._closed = False
+        self._receiver = threading.Thread(
+            target=self._receive, name="laminardb-stream-receiver", daemon=True
+        )
+        self._receiver.start()
+
+    # -- subscribing (caller holds the cluster lock) ----------------------------------------
+
+    def open(self, name: str, catalog: Catalog) -> Feed:
+        """A new subscriber of stream `name`: every batch that reaches us from now on."""
+        if self._lost is not None:
+            raise self._lost
+        sql = self._stream_sql(name)
+        # One worker holds every row: its output is the stream's, whatever the SQL.
+        reason = union.why_not_union(sql, catalog) if len(self._cluster.workers) > 1 else None
+        if reason is not None:
+            raise StreamError(
+                f"stream '{name}' cannot be subscribed on a cluster yet: {reason}. Its "
+                "per-worker results would be partial; run it with workers=1, or partition "
+                "its source by the columns it groups by"
+            )
+        feed = Feed(name, self.max_batches, self.max_bytes, self._schema(name))
+        with self._lock:
+            self._feeds.setdefault(name, []).append(feed)
+        try:
+            self._apply_forwarding()
+        except BaseException:
+            self.release(feed)
+            raise
+        return feed
+
+    def _stream_sql(self, name: str) -> str:
+        reply = self._cluster.request(0, protocol.Call(self._cluster.new_rid(), "streams"))
+        for stream_name, sql in reply.value:
+            if stream_name == name:
+                return str(sql or "")
+        raise SchemaError(
+            f"Table not found (200): Table not found: {name}", code=codes.TABLE_NOT_FOUND
+        )
+
+    def _schema(self, name: str) -> pa.Schema | None:
+        reply = self._cluster.request(0, protocol.Call(self._cluster.new_rid(), "schema", [name]))
+        return arrow_ipc.loads(reply.data.buffer).schema
+
+    def _apply_forwarding(self) -> None:
+        """Bring the workers' forwarding in line with who subscribes (cluster lock held)."""
+        while True:
+            with self._lock:
+                wanted = {name for name, feeds in self._feeds.items() if feeds}
+                add = sorted(wanted - self._forwarded)
+                drop = sorted(self._forwarded - wanted)
+            if not add and not drop:
+                return
+            for name in add:
+                self._cluster.broadcast(lambda rid, n=name: protocol.Subscribe(rid, n))
+                with self._lock:
+                    self._forwarded.add(name)
+            for name in drop:
+                with self._lock:
+                    self._forwarded.discard(name)
+                self._cluster.broadcast(lambda rid, n=name: protocol.Unsubscribe(rid, n))
+
+    # -- leaving (any thread) ---------------------------------------------------------------
+
+    def release(self, feed: Feed) -> None:
+        """Forget a subscriber (cancel); returns at once, whoever holds the connection lock."""
+        feed.discard()
+        with self._lock:
+            feeds = self._feeds.get(feed.stream, [])
+            if feed in feeds:
+                feeds.remove(feed)
+            idle = not feeds and feed.stream in self._forwarded
+        if idle and not self._closed and self._cluster.lock.acquire(blocking=False):
+            try:
+                if not self._cluster.closed:
+                    self._apply_forwarding()
+            except LaminarError as exc:
+                log.warning("could not stop forwarding stream %s: %s", feed.stream, exc)
+            finally:
+                self._cluster.lock.release()
+
+    def adopt(self, thread: threading.Thread) -> None:
+        """A callback thread that `close` waits for (briefly) after ending its feed."""
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            self._threads.append(thread)
+
+    # -- receiving (receiver thread) --------------------------------------------------------
+
+    def _receive(self) -> None:
+        sock = self._sock
+        checked = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                if sock.poll(POLL_MS):
+                    self._dispatch(sock.recv_multipart(copy=False))
+                if time.monotonic() - checked > LIVENESS_S:
+                    checked = time.monotonic()
+                    self._check_workers()
+        except Exception as exc:  # a bug here must not leave subscribers waiting for ever
+            log.exception("stream receiver failed")
+            self._fail_all(SubscriptionError(f"stream receiver failed: {exc}"))
+        finally:
+            sock.close(0)
+
+    def _dispatch(self, frames: list[Any]) -> None:
+        msg = protocol.decode_data(frames[0].buffer)
+        if isinstance(msg, protocol.StreamBatch):
+            with self._lock:
+                feeds = list(self._feeds.get(msg.stream, ()))
+            if not feeds:
+                return
+            table = arrow_ipc.loads(frames[1].buffer)
+            refused = [feed for feed in feeds if not feed.put(table)]
+            if refused:
+                with self._lock:
+                    current = self._feeds.get(msg.stream, [])
+                    for feed in refused:
+                        if feed in current:
+                            current.remove(feed)
+        elif isinstance(msg, protocol.StreamFailed):
+            error = SubscriptionError(
+                f"Subscription failed (500): stream '{msg.stream}' failed on worker "
+                f"{msg.shard}: {msg.error.kind}: {msg.error.message}",
+                code=codes.SUBSCRIPTION_FAILED,
+                shard=msg.shard,
+            )
+            with self._lock:
+                feeds = self._feeds.pop(msg.stream, [])
+            for feed in feeds:
+                feed.fail(error)
+
+    def _check_workers(self) -> None:
+        with self._lock:
+            waiting = any(self._feeds.values())
+        if not waiting or self._cluster.closed:
+            return
+        for worker in self._cluster.workers:
+            if not worker.alive:
+                self._lost = SubscriptionError(
+                    f"Subscription failed (500): {worker.describe()} exited with code "
+                    f"{worker.exitcode}; the results of its shard are lost",
+                    code=codes.SUBSCRIPTION_FAILED,
+                    shard=worker.shard,
+                )
+                self._fail_all(self._lost)
+                return
+
+    def _fail_all(self, error: LaminarError) -> None:
+        with self._lock:
+            feeds = [feed for feeds in self._feeds.values() for feed in feeds]
+            self._feeds.clear()
+        for feed in feeds:
+            feed.fail(error)
+
+    # -- shutdown -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop receiving, end every subscription (their readers get None), wait for callback
+        threads briefly; the data socket is closed by the receiver thread as it exits."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._receiver is not threading.current_thread():
+            self._receiver.join()
+        with self._lock:
+            feeds = [feed for feeds in self._feeds.values() for feed in feeds]
+            self._feeds.clear()
+            threads = list(self._threads)
+            self._threads.clear()
+        for feed in feeds:
+            feed.end()
+        deadline = time.monotonic() + JOIN_S
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+                if thread.is_alive():
+                    log.warning("callback thread %s still runs after close", thread.name)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
