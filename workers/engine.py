@@ -1,11 +1,15 @@
 """One native engine serving one shard, kept safe from the engine's sharp edges.
 
 The native engine blocks forever on the 2048th insert into a source that nothing consumes,
-and a stream created after `start()` never runs. So every source gets a hidden drain stream
-(`__ldb_drain_<source>`, filtered to nothing) created with it; the engine is started before
-any source could fill up; and a source created after the start, which no running stream can
-drain, triggers a rebuild (a fresh engine, the DDL replayed, the retained rows re-inserted as
-one batch per source) before it could fill up.
+and a stream created after `start()` never runs. So a source that has taken many batches is
+compacted before it could fill up: when no stream depends on it, it is dropped and created
+again holding its rows as one batch; when streams read it, the pipeline is started so that
+they consume it. A stream created after the start triggers a rebuild (a fresh engine, the
+DDL replayed, the retained rows re-inserted as one batch per source).
+
+Hidden helper streams (an earlier design gave each source a "drain" stream) are avoided on
+purpose: the engine drops the output of every cycle in which not all sources read by some
+stream got data, so an extra stream on an idle source would lose other streams' results.
 
 Every user stream is consumed by the worker's `StreamPump` (workers/streams.py) from the
 moment it exists; the engine tells the pump when streams come and go and when it is rebuilt,
@@ -27,28 +31,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("laminardb.worker")
 
-DRAIN_PREFIX = "__ldb_drain_"
-# Batches a source may hold without a running consumer before we act (the engine hangs at 2048).
-UNDRAINED_LIMIT = 1500
-
-
-def drain_name(source: str) -> str:
-    return f"{DRAIN_PREFIX}{source}"
-
-
-def drain_sql(source: str) -> str:
-    """A stream that reads `source` and emits nothing: it keeps the source consumed.
-
-    Relation names go to the engine as written: it keeps quotes as part of a source name.
-    """
-    return f"CREATE STREAM {drain_name(source)} AS SELECT * FROM {source} WHERE false"
+# Batches a source may take before it is compacted or consumed (the engine hangs at 2048).
+COMPACT_AFTER = 1500
 
 
 @dataclass
 class SourceState:
-    """What the worker knows of one source: whether a running stream drains it, batch counts."""
+    """One source: the statements that create it again, and batches since (re)creation."""
 
-    drained: bool
+    create_sql: str
+    alters: list[str] = field(default_factory=list)
     batches: int = 0
 
 
@@ -68,9 +60,7 @@ class Engine:
     last_insert: float = 0.0
 
     def execute(self, sql: str, kind: str, name: str | None) -> dict[str, Any]:
-        """Run one statement and keep the drain streams and the DDL log in step with it."""
-        if kind == "DROP" and name is not None and name in self.sources and "SOURCE" in sql.upper():
-            return self._drop_source(sql, name)
+        """Run one statement and keep the DDL log and the source states in step with it."""
         result = self.conn.execute(sql)
         if kind in (
             "CREATE_SOURCE",
@@ -84,14 +74,13 @@ class Engine:
         ):
             self.ddl.append(sql)
         if kind == "CREATE_SOURCE" and name is not None:
-            if name not in self.sources:
-                self._add_drain(name)
-            elif "REPLACE" in sql.upper().split("SOURCE", 1)[0]:
-                # The old drain now reads the new source; a started pipeline must be rebuilt
-                # for it to run, and the new source starts empty.
-                self.sources[name] = SourceState(drained=not self.started)
-                if self.started:
-                    self.rebuild()
+            if name not in self.sources or "REPLACE" in sql.upper().split("SOURCE", 1)[0]:
+                self.sources[name] = SourceState(sql)
+        elif kind == "ALTER" and name is not None and name in self.sources:
+            self.sources[name].alters.append(sql)
+        elif kind == "DROP":
+            present = {s.name for s in self.conn.sources()}
+            self.sources = {n: st for n, st in self.sources.items() if n in present}
         if kind in ("CREATE_STREAM", "CREATE_MATERIALIZED_VIEW") and self.started:
             # A stream created after start never runs in the native engine: restart it.
             self.rebuild()
@@ -101,25 +90,6 @@ class Engine:
             "DROP",
         ):
             self.streams.sync(self.conn)
-        return _execute_result(result)
-
-    def _add_drain(self, source: str) -> None:
-        self.conn.execute(drain_sql(source))
-        self.sources[source] = SourceState(drained=not self.started)
-
-    def _drop_source(self, sql: str, name: str) -> dict[str, Any]:
-        self.conn.execute(f"DROP STREAM IF EXISTS {drain_name(name)}")
-        try:
-            result = self.conn.execute(sql)
-        except Exception:
-            self.conn.execute(drain_sql(name))
-            if self.started:
-                self.rebuild()
-            raise
-        self.ddl.append(sql)
-        self.sources.pop(name, None)
-        if self.streams is not None:
-            self.streams.sync(self.conn)  # a cascade may have dropped streams
         return _execute_result(result)
 
     def warm_up(self) -> None:
@@ -137,11 +107,8 @@ class Engine:
             return 0
         state = self.sources.get(source)
         if state is not None:
-            if not self.started and state.batches >= UNDRAINED_LIMIT:
-                self.start()
-            elif self.started and not state.drained and state.batches >= UNDRAINED_LIMIT:
-                self.rebuild()
-            state = self.sources[source]
+            if state.batches >= COMPACT_AFTER:
+                self._compact(source, state)
             state.batches += 1
         batch = table.combine_chunks().to_batches()
         self.conn.insert(source, batch[0] if len(batch) == 1 else table)
@@ -149,6 +116,27 @@ class Engine:
         self.batches_ingested += 1
         self.last_insert = time.monotonic()
         return int(table.num_rows)
+
+    def _compact(self, source: str, state: SourceState) -> None:
+        """Keep `source` from filling up: one batch again, or consumed by its streams."""
+        retained = self.conn.sql(f"SELECT * FROM {source}").to_arrow()
+        try:
+            self.conn.execute(f"DROP SOURCE {source}")
+        except Exception:
+            # Streams depend on it: once the pipeline runs they consume it (and the engine
+            # keeps its last 2048 batches for queries, as one native instance would).
+            self.start()
+            state.batches = 0
+            return
+        self.conn.execute(state.create_sql)
+        for alter in state.alters:
+            self.conn.execute(alter)
+        self.writers.pop(source, None)
+        state.batches = 0
+        if retained.num_rows:
+            self.conn.insert(source, retained.combine_chunks().to_batches()[0])
+            state.batches = 1
+        log.info("source %s compacted to one batch of %d rows", source, retained.num_rows)
 
     def watermark(self, source: str, timestamp: int) -> int:
         """Advance the source watermark through a native writer (kept per source)."""
@@ -162,27 +150,24 @@ class Engine:
         return self.conn.sql(sql).to_arrow()
 
     def rebuild(self) -> None:
-        """A fresh, started engine with the same catalog and retained rows, every source drained."""
+        """A fresh, started engine with the same catalog and retained rows (one batch a source)."""
         from workers import streams
 
         retained = {
             name: self.conn.sql(f"SELECT * FROM {name}").to_arrow() for name in self.sources
         }
         fresh = native.open(":memory:")
-        sources: dict[str, SourceState] = {}
         for sql in self.ddl:
             fresh.execute(sql)
-        for name in self.sources:
-            fresh.execute(drain_sql(name))
-            sources[name] = SourceState(drained=True)
         pump = self.streams
         subscriptions = pump.prepare(fresh) if pump is not None else {}
         fresh.start()
         replayed_at = time.monotonic()
         for name, table in retained.items():
+            self.sources[name].batches = 0
             if table.num_rows:
                 fresh.insert(name, table.combine_chunks().to_batches()[0])
-                sources[name].batches = 1
+                self.sources[name].batches = 1
         if pump is not None:
             # The old engine's last results go out before its consumers stop...
             if self.started:
@@ -190,7 +175,6 @@ class Engine:
             pump.stop(drain=True)
         self.writers.clear()
         old, self.conn = self.conn, fresh
-        self.sources = sources
         self.started = True
         self.rebuilds += 1
         old.close()
@@ -199,7 +183,7 @@ class Engine:
             if any(t.num_rows for t in retained.values()):
                 streams.quiesce(fresh, replayed_at)
             pump.resume(subscriptions)
-        log.info("engine rebuilt (%d sources)", len(sources))
+        log.info("engine rebuilt (%d sources)", len(self.sources))
 
     def close(self) -> None:
         if self.streams is not None:

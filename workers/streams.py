@@ -32,7 +32,6 @@ import zmq
 
 from laminardb.api.errors import codes, to_wire
 from laminardb.wire import arrow_ipc, protocol
-from workers.engine import DRAIN_PREFIX
 
 log = logging.getLogger("laminardb.worker.streams")
 
@@ -217,7 +216,7 @@ class StreamPump:
 
 
 def _stream_names(conn: Any) -> set[str]:
-    return {s.name for s in conn.streams() if not s.name.startswith(DRAIN_PREFIX)}
+    return {s.name for s in conn.streams()}
 
 
 def quiesce(conn: Any, since: float) -> None:

@@ -128,3 +128,21 @@ def test_two_connections_are_independent() -> None:
         assert a.sql("SELECT count(*) FROM only_a").fetchall() == [(2,)]
         with pytest.raises(laminardb.QueryError):
             b.sql("SELECT count(*) FROM only_a")
+
+
+def test_thousands_of_engine_batches_never_hang_and_lose_nothing() -> None:
+    """Past the engine's 2048-batch limit, with and without a stream reading the source."""
+    with laminardb.open(workers=1) as db:
+        db.execute("CREATE SOURCE plain (x BIGINT)")
+        db.execute("CREATE SOURCE watched (x BIGINT)")
+        db.execute("CREATE STREAM watched_rows AS SELECT x FROM watched")
+        for name in ("plain", "watched"):
+            writer = db.writer(name)
+            for i in range(2_100):
+                writer.insert({"x": [i]})
+                assert writer.flush() == 1  # one engine batch per call
+        assert db.sql("SELECT count(*), sum(x) FROM plain").fetchall() == [
+            (2_100, 2_100 * 2_099 // 2)
+        ]
+        # A consumed source keeps its last 2048 batches for queries, as one native instance does.
+        assert db.sql("SELECT count(*) FROM watched").fetchall()[0][0] >= 2_048

@@ -512,12 +512,6 @@ def test_union_rule_reads_the_sql() -> None:
         assert why_not_union(sql, catalog), sql
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="native drops the stream output of cycles in which not every source read by some "
-    "stream got data, and each worker reads every source (drain streams): a second, idle "
-    "source loses the first one's results (native, without the drain, delivers them)",
-)
 def test_stream_results_survive_a_second_idle_source() -> None:
     with laminardb.open(":memory:", workers=1) as conn:
         keyed_source(conn, "busy")
