@@ -112,11 +112,10 @@ class StreamSubscription(_FeedReader):
         return result
 
 
-class AsyncStreamSubscription(_FeedReader):
-    """Asynchronous subscription to a named stream (`async for`); `next`, `next_timeout` and
-    `try_next` are synchronous like native's."""
+class _AsyncFeedIterator:
+    """`async for` over a feed's batches, ending when the feed does."""
 
-    _kind = "AsyncStreamSubscription"
+    _feed: Feed
 
     def __aiter__(self) -> AsyncIterator[QueryResult]:
         return self
@@ -128,7 +127,14 @@ class AsyncStreamSubscription(_FeedReader):
         return QueryResult(table)
 
 
-class AsyncSubscription:
+class AsyncStreamSubscription(_AsyncFeedIterator, _FeedReader):
+    """Asynchronous subscription to a named stream (`async for`); `next`, `next_timeout` and
+    `try_next` are synchronous like native's."""
+
+    _kind = "AsyncStreamSubscription"
+
+
+class AsyncSubscription(_AsyncFeedIterator):
     """Asynchronous one-shot snapshot of a query, iterated with `async for`."""
 
     def __init__(self, feed: Feed):
@@ -140,15 +146,6 @@ class AsyncSubscription:
 
     def cancel(self) -> None:
         self._feed.discard()
-
-    def __aiter__(self) -> AsyncIterator[QueryResult]:
-        return self
-
-    async def __anext__(self) -> QueryResult:
-        table = await self._feed.get_async()
-        if table is None:
-            raise StopAsyncIteration
-        return QueryResult(table)
 
     def __repr__(self) -> str:
         return f"AsyncSubscription({'active' if self.is_active else 'cancelled'})"
