@@ -40,6 +40,7 @@ from laminardb.api.writer import Writer
 from laminardb.cluster import ddl
 from laminardb.cluster.catalog import Catalog, quote
 from laminardb.cluster.supervisor import Cluster, ClusterOptions
+from laminardb.durability.log import Log, is_persistent
 from laminardb.ingest import convert
 from laminardb.ingest.router import FLUSH_DELAY_S, SPLIT_ROWS, Router
 from laminardb.plan import distributed, gather, statements
@@ -93,11 +94,17 @@ class Connection:
     ):
         self.path = path
         self.config = config or LaminarConfig()
-        self._cluster = Cluster(
-            ClusterOptions(
-                workers=workers, arena_bytes=arena_bytes, request_timeout_s=request_timeout_s
-            )
+        self._durable = Log(path) if is_persistent(path) else None  # locked before workers start
+        self._logging = False  # set once the log is replayed: from then on, log changes
+        options = ClusterOptions(
+            workers=workers, arena_bytes=arena_bytes, request_timeout_s=request_timeout_s
         )
+        try:
+            self._cluster = Cluster(options)
+        except BaseException:
+            if self._durable is not None:
+                self._durable.close()
+            raise
         self._lock = self._cluster.lock
         self._catalog = Catalog()
         self._router = Router(self._cluster, split_rows)
@@ -115,7 +122,7 @@ class Connection:
             max_bytes=subscription_bytes,
         )
         self._finalizer = weakref.finalize(
-            self, _finalize, self._cluster, self._stop, self._streams
+            self, _finalize, self._cluster, self._stop, self._streams, self._durable
         )
         self._flusher = threading.Thread(
             target=_flush_loop,
@@ -128,6 +135,22 @@ class Connection:
             target=gather.warm_up, name="laminardb-warm-up", daemon=True
         )
         self._warm_up.start()
+        if self._durable is not None:
+            try:
+                with self._lock:  # replayed statements and rows are not logged again
+                    self._durable.restore(
+                        lambda sql: self._execute_one(statements.classify(sql)), self._router.ship
+                    )
+            except BaseException:
+                self._finalizer()
+                raise
+            self._router.on_ship = self._durable.append_batch
+            self._logging = True
+
+    def _log_statement(self, stmt: statements.Statement) -> None:
+        """Log a statement that succeeded and changed the catalog or a table's rows."""
+        if self._logging and self._durable is not None:
+            self._durable.append_ddl(stmt.sql)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -387,8 +410,11 @@ class Connection:
         if stmt.kind is StatementKind.INSERT:
             return self._insert_statement(stmt)
         if stmt.kind in _HOME_ONLY:
-            return _execute_result(self._cluster.request(0, _execute_request(self._cluster, stmt)))
-        result = _execute_result(ddl.apply(self._cluster, self._catalog, self._router, stmt))
+            reply = self._cluster.request(0, _execute_request(self._cluster, stmt))
+        else:
+            reply = ddl.apply(self._cluster, self._catalog, self._router, stmt)
+        result = _execute_result(reply)
+        self._log_statement(stmt)
         if stmt.kind in (StatementKind.CREATE_STREAM, StatementKind.CREATE_MATERIALIZED_VIEW):
             self._log_query(stmt.query or stmt.sql)
         return result
@@ -396,8 +422,10 @@ class Connection:
     def _insert_statement(self, stmt: statements.Statement) -> ExecuteResult:
         relation = self._catalog.get(stmt.name or "")
         if relation is not None and relation.kind == "source":
-            return observe.insert_select(self, relation, stmt)
-        return _execute_result(self._cluster.request(0, _execute_request(self._cluster, stmt)))
+            return observe.insert_select(self, relation, stmt)  # its rows are logged at ship
+        result = _execute_result(self._cluster.request(0, _execute_request(self._cluster, stmt)))
+        self._log_statement(stmt)
+        return result
 
     def create_table(self, name: str, schema: Any, partition_by: list[str] | None = None) -> None:
         """Create a source from an Arrow schema (optionally keyed), like `CREATE SOURCE`."""
@@ -417,20 +445,22 @@ class Connection:
             self._state = "Running"
 
     def checkpoint(self) -> CheckpointResult:
-        """Flush every buffer to the workers; persistence itself is not there yet."""
+        """Flush every buffer; with a path, fsync the log (in memory: needs storage_dir)."""
         with self._lock:
             self._check()
-            if self.config.storage_dir is None:
+            if self._durable is None and self.config.storage_dir is None:
                 raise CheckpointError(
                     "Internal error (900): [LDB-6001] Checkpoint error: checkpointing is not enabled",
                     code=codes.INTERNAL_ERROR,
                 )
             self._router.flush()
+            if self._durable is not None:
+                self._durable.checkpoint()
             return CheckpointResult(next(self._checkpoints))
 
     @property
     def is_checkpoint_enabled(self) -> bool:
-        return self.config.storage_dir is not None
+        return self.config.storage_dir is not None or self._durable is not None
 
     @property
     def pipeline_state(self) -> str:
@@ -558,8 +588,12 @@ def _flush_loop(ref: weakref.ref[Connection], stop: threading.Event) -> None:
         del conn
 
 
-def _finalize(cluster: Cluster, stop: threading.Event, streams: StreamHub) -> None:
+def _finalize(
+    cluster: Cluster, stop: threading.Event, streams: StreamHub, durable: Log | None = None
+) -> None:
     stop.set()
     streams.close()  # before the cluster: its context waits for the data socket to close
     with cluster.lock:
         cluster.close()
+        if durable is not None:
+            durable.close()  # fsync and release the lock

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -48,9 +48,16 @@ class Target:
 class Router:
     """Per-source buffers and the transaction that ships them. Callers hold the cluster lock."""
 
-    def __init__(self, cluster: Cluster, split_rows: int = SPLIT_ROWS):
+    def __init__(
+        self,
+        cluster: Cluster,
+        split_rows: int = SPLIT_ROWS,
+        on_ship: Callable[[str, pa.Table], None] | None = None,
+    ):
         self.cluster = cluster
         self.split_rows = split_rows
+        # Called with every table once its transaction committed (the durability log).
+        self.on_ship = on_ship
         self.buffers: dict[str, Buffer] = {}
         self.targets: dict[str, Target] = {}
         self.rows_sent = [0] * len(cluster.workers)
@@ -110,6 +117,8 @@ class Router:
         for shard, part in enumerate(parts):
             if part is not None:
                 self.rows_sent[shard] += part.num_rows
+        if self.on_ship is not None:
+            self.on_ship(source, table)
         return int(table.num_rows)
 
     def _parts(self, source: str, table: pa.Table) -> list[pa.Table | None]:
