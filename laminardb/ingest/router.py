@@ -86,9 +86,6 @@ class Router:
     def due(self, now: float) -> list[str]:
         return [s for s, b in self.buffers.items() if b.tables and now - b.since >= FLUSH_DELAY_S]
 
-    def pending_rows(self) -> int:
-        return sum(b.rows for b in self.buffers.values())
-
     def flush(self, source: str | None = None) -> int:
         """Ship the buffer of `source` (all buffers when None); returns the rows shipped."""
         names = [source] if source is not None else list(self.buffers)
