@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from laminardb.cluster.catalog import Catalog, Relation, quote
-from laminardb.plan import split
+from laminardb.plan import fastmerge, routing, split
 from laminardb.plan.split import PARTIALS, Plan, Rule
 
 log = logging.getLogger("laminardb.plan")
@@ -99,11 +99,45 @@ def execute(plan: Plan, catalog: Catalog, fetch: Fetch) -> pa.Table:
     if relation is None:
         raise Fallback(f"relation {plan.relation} is gone")
     probe = _probe(plan, relation)
-    shards = None if plan.shards is None else list(plan.shards)
+    shards = _shards(plan, getattr(fetch, "workers", None))
+    if plan.vshards is not None and shards is not None and len(shards) == 1:
+        # Every row the query can read is on this worker: it answers the query as written.
+        return _conform(fetch(plan.sql, shards)[0], probe.answer)
     parts = [_conform_partial(t, probe.partials) for t in fetch(plan.worker_sql, shards)]
     partials = pa.concat_tables(parts) if parts else probe.partials.empty_table()
-    merged = partials if plan.merge_sql is None else _merge(plan.merge_sql, probe, partials)
+    if plan.merge_sql is None and plan.fast is None:
+        return _conform(partials, probe.answer)
+    merged = _fast(plan, probe, partials)
+    if merged is None:
+        if plan.merge_sql is None:
+            raise Fallback("only the in-process merge merges it, and it declined")
+        merged = _merge(plan.merge_sql, probe, partials)
     return _conform(merged, probe.answer)
+
+
+def _shards(plan: Plan, workers: object) -> list[int] | None:
+    """The workers to ask (None: all): the relation's home, or those owning the routed
+    virtual shards when the worker count is known."""
+    if plan.shards is not None:
+        return list(plan.shards)
+    if plan.vshards is not None and isinstance(workers, int) and workers > 0:
+        return routing.workers_of(plan.vshards, workers)
+    return None
+
+
+def _fast(plan: Plan, probe: _Probe, partials: pa.Table) -> pa.Table | None:
+    """The merge computed in process (`fastmerge`), or None when the plan has no simple
+    merge or pyarrow's answer could differ from the engine's (types included)."""
+    if plan.fast is None:
+        return None
+    try:
+        merged = fastmerge.run(plan.fast, partials)
+    except (pa.ArrowException, ValueError, TypeError) as exc:  # e.g. a type no kernel takes
+        log.debug("in-process merge declined: %s", exc)
+        return None
+    if merged is None or merged.schema.types != probe.answer.types:
+        return None
+    return merged
 
 
 @dataclass(frozen=True)
@@ -154,7 +188,7 @@ def _run_probe(plan: Plan, relation: Relation) -> _Probe:
         for ddl in relation.gather_ddl():
             engine.execute(ddl)
         answer = engine.sql(plan.sql).to_arrow()
-        if plan.rule is Rule.PUSHDOWN and answer.num_rows:
+        if plan.rule in (Rule.PUSHDOWN, Rule.DISTINCT) and answer.num_rows:
             raise Fallback("the query aggregates (it has rows on empty input)")
         partials = _renamed(engine.sql(plan.worker_sql).to_arrow().schema, plan)
     finally:
@@ -269,23 +303,45 @@ def _conform(merged: pa.Table, expected: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(merged.columns, schema=expected)
 
 
-def cluster_fetch(cluster: Any) -> Fetch:
-    """A `Fetch` over a `Cluster`: one Query request per shard, answered in shard order."""
-    from laminardb.wire import arrow_ipc, protocol
+class ClusterFetch:
+    """A `Fetch` over a `Cluster`: one Query request per shard, sent to all at once and
+    answered in shard order; `workers` lets plans route by key."""
 
-    def fetch(sql: str, shards: list[int] | None) -> list[pa.Table]:
-        replies = cluster.broadcast(lambda rid: protocol.Query(rid, sql), shards)
+    def __init__(self, cluster: Any) -> None:
+        self.cluster = cluster
+        self.workers = len(cluster.workers)
+
+    def __call__(self, sql: str, shards: list[int] | None) -> list[pa.Table]:
+        from laminardb.wire import arrow_ipc, protocol
+
+        replies = self.cluster.broadcast(lambda rid: protocol.Query(rid, sql), shards)
         return [arrow_ipc.loads(r.data.buffer) for r in replies]
 
-    return fetch
+
+def cluster_fetch(cluster: Any) -> Fetch:
+    """A `Fetch` over a `Cluster` (see `ClusterFetch`)."""
+    return ClusterFetch(cluster)
 
 
 def explain_rows(plan: Plan, workers: int) -> list[tuple[str, str]]:
     """The plan as (plan_key, plan_value) rows, like `gather.explain_rows`."""
-    shards = range(workers) if plan.shards is None else plan.shards
+    shards = _shards(plan, workers)
+    asked = range(workers) if shards is None else shards
+    if plan.vshards is not None and shards is not None and len(shards) == 1:
+        return [
+            ("distributed_plan", f"{plan.rule.value}, routed by key"),
+            ("workers", str(shards[0])),
+            ("worker_sql", plan.sql),
+            ("merge", "none: one worker holds every row the query reads"),
+        ]
+    merge = plan.merge_sql or (
+        "in process (pyarrow, numpy)" if plan.fast else "concatenate the partials"
+    )
+    if plan.fast is not None and plan.merge_sql:
+        merge += " (computed in process with pyarrow when exact)"
     return [
-        ("distributed_plan", plan.rule.value),
-        ("workers", ",".join(str(i) for i in shards)),
+        ("distributed_plan", plan.rule.value + (", routed by key" if plan.vshards else "")),
+        ("workers", ",".join(str(i) for i in asked)),
         ("worker_sql", plan.worker_sql),
-        ("merge", plan.merge_sql or "concatenate the partials"),
+        ("merge", merge),
     ]

@@ -101,6 +101,7 @@ class Query:
     columns: frozenset[str] = frozenset()
     column_spans: dict[int, tuple[int, str]] = field(default_factory=dict)
     index: dict[int, int] = field(default_factory=dict)
+    distinct: bool = False
 
     def text(self, span: Span) -> str:
         return self.sql[span[0] : span[1]]
@@ -147,7 +148,10 @@ def _parse(sql: str) -> exp.Select:
             raise NoPlan(f"{type(node).__name__} is not split yet")
         if isinstance(node, exp.Select) and node is not tree:
             raise NoPlan("nested SELECT")
-    for arg in ("distinct", "joins", "laterals", "windows", "qualify", "into", "kind", "hint"):
+    distinct = tree.args.get("distinct")
+    if isinstance(distinct, exp.Distinct) and (distinct.args.get("on") or distinct.expressions):
+        raise NoPlan("DISTINCT ON")
+    for arg in ("joins", "laterals", "windows", "qualify", "into", "kind", "hint"):
         if tree.args.get(arg):
             raise NoPlan(f"{arg} is not split yet")
     if tree.args.get("operation_modifiers") or tree.args.get("exclude"):
@@ -198,8 +202,11 @@ def analyse(sql: str, catalog: Catalog) -> Query:
     select_toks = toks[1 : marks["FROM"]]
     if select_toks and select_toks[0].word("ALL"):
         select_toks = select_toks[1:]
-    if select_toks and select_toks[0].word("DISTINCT"):
-        raise NoPlan("SELECT DISTINCT")
+    distinct = bool(select_toks) and select_toks[0].word("DISTINCT")
+    if distinct != bool(tree.args.get("distinct")):
+        raise NoPlan("DISTINCT does not line up with the parse")
+    if distinct:
+        select_toks = select_toks[1:]
     query = Query(
         sql=sql,
         tree=tree,
@@ -211,6 +218,7 @@ def analyse(sql: str, catalog: Catalog) -> Query:
         offset=_integer(tree.args.get("offset")),
         columns=frozenset(relation.schema.names),
         index={t.start: i for i, t in enumerate(toks)},
+        distinct=distinct,
     )
     query.column_spans = _column_spans(tree)
     query.items = _items(query, tree.expressions, _split(select_toks))

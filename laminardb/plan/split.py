@@ -1,17 +1,26 @@
 """Split one SELECT into SQL that every worker runs over its shard plus a merge over the partials.
 
-Pure logic (SQL and catalog in, `Plan` out, no I/O); `distributed` executes plans. This is the
-first slice of the distributed planner (DESIGN.md decision 6, issue 3): queries over exactly
-one relation, without joins, subqueries, CTEs, window functions, DISTINCT or set operations.
-Three rules, tried in this order:
+Pure logic (SQL and catalog in, `Plan` out, no I/O); `distributed` executes plans. Queries
+over exactly one relation, without joins, subqueries, CTEs, window functions or set
+operations (DESIGN.md decision 6, issue 3). Every plan is also routed: a key equality or
+IN-list limits the workers asked (`routing`). The rules, tried in this order:
+
+* `DISTINCT`: SELECT DISTINCT without aggregates. Workers run it (with ORDER BY and LIMIT,
+  keeping their first offset+limit distinct rows); the merge runs DISTINCT again, sorts, cuts.
 
 * `KEYED_GROUP`: GROUP BY containing every partition-key column of a keyed source. All rows
   of a group live on one worker, so the whole query (HAVING included) runs per worker and the
   partials are concatenated; the merge applies the final ORDER BY / LIMIT / OFFSET.
-* `TWO_PHASE`: other aggregations made only of COUNT, SUM, MIN, MAX and AVG. Workers group by
+* `TWO_PHASE`: other aggregations of COUNT, SUM, MIN, MAX, AVG, BOOL_AND, BOOL_OR (also with
+  FILTER (WHERE ...)), COUNT(DISTINCT x) / APPROX_DISTINCT(x) and VAR/STDDEV. Workers group by
   the group keys and compute partial aggregates; the merge groups the partials again
   (COUNT becomes a COALESCEd SUM of counts, AVG a SUM of sums over a SUM of counts) and then
-  evaluates expressions over aggregates, HAVING, ORDER BY and LIMIT.
+  evaluates expressions over aggregates, HAVING, ORDER BY and LIMIT. A distinct count makes
+  workers group by its argument too (one row per distinct (group, x)); the merge counts
+  (HyperLogLog ignores duplicates, so APPROX_DISTINCT over distinct values is the engine's
+  own answer). VAR/STDDEV ship (count, mean, var_pop) per worker and only `fastmerge`
+  merges them (Chan's formula), so they split only as plain select items.
+  When the merge is simple, `Plan.fast` lets `fastmerge` compute it in process.
 * `PUSHDOWN`: no aggregation. Workers run the filter and projection; with ORDER BY and LIMIT
   each worker also keeps only its top `offset + limit` rows, and the merge sorts and cuts.
 
@@ -32,6 +41,7 @@ is a column name (`ORDER BY k`) but not when all are expressions (`ORDER BY (k)`
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass, field
 
@@ -39,6 +49,8 @@ import pyarrow as pa
 from sqlglot import exp
 
 from laminardb.cluster.catalog import Catalog, quote
+from laminardb.plan import routing
+from laminardb.plan.fastmerge import SortKey, Spec
 from laminardb.plan.layout import (
     NoPlan,
     Query,
@@ -66,6 +78,7 @@ class Rule(enum.Enum):
     PUSHDOWN = "pushdown"
     KEYED_GROUP = "keyed-group"
     TWO_PHASE = "two-phase"
+    DISTINCT = "distinct"
 
 
 @dataclass(frozen=True)
@@ -86,6 +99,12 @@ class Plan:
     worker_sql: str
     partial_columns: tuple[str, ...]
     merge_sql: str | None
+    vshards: tuple[int, ...] | None = None
+    """The virtual shards that can hold a row the query reads (None: any): from key
+    equality / IN-lists (`routing`). When they all live on one worker, `distributed` runs
+    the original query there as written instead of `worker_sql` and the merge."""
+    fast: Spec | None = None
+    """An in-process merge equal to `merge_sql`, when the merge is simple (`fastmerge`)."""
 
 
 def plan(sql: str, catalog: Catalog) -> Plan | None:
@@ -97,11 +116,22 @@ def plan(sql: str, catalog: Catalog) -> Plan | None:
 
 
 def _plan(sql: str, catalog: Catalog) -> Plan:
-    """The first rule that applies: keyed group, then two-phase, then pushdown."""
+    """The first rule that applies (keyed group, then two-phase, then pushdown), routed to
+    the shards a key equality or IN-list allows."""
     query = analyse(sql, catalog)
+    found = _rule(query)
+    return dataclasses.replace(found, vshards=routing.key_shards(query))
+
+
+def _rule(query: Query) -> Plan:
+    """The plan of the first rule that applies."""
     grouped = bool(query.group) or query.having is not None
     aggregates = any(True for _ in query.tree.find_all(exp.AggFunc))
     shards = None if query.relation.home is None else (query.relation.home,)
+    if query.distinct:
+        if grouped or aggregates:
+            raise NoPlan("SELECT DISTINCT over an aggregation")
+        return _distinct(query, shards)
     if grouped and groups_by_key(query):
         return _per_worker(query, Rule.KEYED_GROUP, shards)
     if grouped or aggregates:
@@ -129,15 +159,17 @@ def _per_worker(query: Query, rule: Rule, shards: tuple[int, ...] | None) -> Pla
     hidden: list[str] = []
     hidden_sql: list[str] = []
     keys: list[str] = []
+    sort_keys: list[SortKey] = []
     for order in query.order:
         target = order_target(query, order)
         if target is None:
             name = f"_h{len(hidden)}"
             hidden.append(name)
             hidden_sql.append(f"{query.text(order.span)} AS {quote('__ldb' + name)}")
-            keys.append(f"({quote(name)}) {order.direction}")
         else:
-            keys.append(f"({quote(visible[target])}) {order.direction}")
+            name = visible[target]
+        keys.append(f"({quote(name)}) {order.direction}")
+        sort_keys.append(SortKey(name, order.desc, order.nulls_first))
     select = ", ".join([item.full_text for item in query.items] + hidden_sql)
     worker = f"SELECT {select} {query.body}"
     if query.limit is not None:
@@ -145,13 +177,54 @@ def _per_worker(query: Query, rule: Rule, shards: tuple[int, ...] | None) -> Pla
             worker += f" ORDER BY {query.order_text}"
         worker += _limits(query.limit + (query.offset or 0), None)
     merge: str | None = None
+    fast: Spec | None = None
     if query.order or query.limit is not None or query.offset is not None:
         merge = f"SELECT {', '.join(quote(v) for v in visible)} FROM {PARTIALS}"
         if keys:
             merge += f" ORDER BY {', '.join(keys)}"
         merge += _limits(query.limit, query.offset)
+        outputs = tuple(("col", v) for v in visible)
+        fast = Spec(False, (), outputs, tuple(sort_keys), query.limit, query.offset)
     columns = tuple(visible + hidden)
-    return Plan(rule, query.sql, query.relation.name, shards, worker, columns, merge)
+    return Plan(rule, query.sql, query.relation.name, shards, worker, columns, merge, fast=fast)
+
+
+def _distinct(query: Query, shards: tuple[int, ...] | None) -> Plan:
+    """SELECT DISTINCT: each worker removes its duplicates (and, with ORDER BY and LIMIT,
+    keeps its first offset+limit distinct rows), the merge removes those across workers,
+    sorts and cuts. Every ORDER BY key must name a select item (as native requires)."""
+    names = ", ".join(item.full_text for item in query.items)
+    visible = [f"_p{i}" for i in range(len(query.items))]
+    keys: list[str] = []
+    sort_keys: list[SortKey] = []
+    for order in query.order:
+        target = order_target(query, order)
+        if target is None:
+            raise NoPlan("DISTINCT ordered by something that is not a select item")
+        keys.append(f"({quote(visible[target])}) {order.direction}")
+        sort_keys.append(SortKey(f"_o{target}", order.desc, order.nulls_first))
+    worker = f"SELECT DISTINCT {names} {query.body}"
+    if query.limit is not None:
+        if query.order:
+            worker += f" ORDER BY {query.order_text}"
+        worker += _limits(query.limit + (query.offset or 0), None)
+    cols = ", ".join(quote(v) for v in visible)
+    merge = f"SELECT DISTINCT {cols} FROM {PARTIALS}"
+    if keys:
+        merge += f" ORDER BY {', '.join(keys)}"
+    merge += _limits(query.limit, query.offset)
+    outputs = tuple(("key", v) for v in visible)
+    fast = Spec(True, tuple(visible), outputs, tuple(sort_keys), query.limit, query.offset)
+    return Plan(
+        Rule.DISTINCT,
+        query.sql,
+        query.relation.name,
+        shards,
+        worker,
+        tuple(visible),
+        merge,
+        fast=fast,
+    )
 
 
 # ---------------------------------------------------------------------------- rule 3
@@ -160,7 +233,34 @@ def _per_worker(query: Query, rule: Rule, shards: tuple[int, ...] | None) -> Pla
 _SCALAR_FUNCTIONS = frozenset({"arrow_typeof"})
 """Functions sqlglot does not know that may run over merged aggregates: they are scalar, and
 every merged aggregate has its native type (`distributed` refuses decimal partials)."""
-_MERGE_OF = {exp.Sum: "SUM", exp.Min: "MIN", exp.Max: "MAX"}
+_MERGE_OF: dict[type[exp.Expr], str] = {
+    exp.Sum: "SUM",
+    exp.Min: "MIN",
+    exp.Max: "MAX",
+    exp.LogicalAnd: "BOOL_AND",
+    exp.LogicalOr: "BOOL_OR",
+}
+"""Aggregates whose merge is the same aggregate over the partials."""
+_FAST_KIND: dict[type[exp.Expr], str] = {
+    exp.Count: "count",
+    exp.Sum: "sum",
+    exp.Min: "min",
+    exp.Max: "max",
+    exp.LogicalAnd: "bool_and",
+    exp.LogicalOr: "bool_or",
+}
+"""Aggregates the in-process merge (`fastmerge`) computes, by its name for them."""
+_VARIANCE: dict[type[exp.Expr], str] = {
+    exp.Variance: "var_samp",
+    exp.VariancePop: "var_pop",
+    exp.Stddev: "stddev_samp",
+    exp.StddevSamp: "stddev_samp",
+    exp.StddevPop: "stddev_pop",
+}
+"""Second-moment aggregates: per-worker count, mean and var_pop, merged in process
+(`fastmerge`, Chan's parallel formula)."""
+_WEIGHT: TokenKey = (("ldb", "median weight"),)
+"""The partial key of the per-(group, value) row count MEDIAN is merged with."""
 _REFUSED_IN_MERGE: tuple[type[exp.Expr], ...] = (
     exp.Anonymous,
     exp.Filter,
@@ -179,6 +279,14 @@ class _TwoPhase:
     query: Query
     keys: list[TokenKey] = field(default_factory=list)
     partials: dict[TokenKey, tuple[str, str]] = field(default_factory=dict)
+    sql_merge: bool = True
+    """False when an aggregate has no SQL merge (VAR/STDDEV: only `fastmerge` merges them)."""
+    moments: dict[TokenKey, tuple[str, ...]] = field(default_factory=dict)
+    """Aggregates `fastmerge` merges by kind: VAR/STDDEV (kind, count, mean, var_pop
+    partial columns), MEDIAN (kind, value, weight), distinct counts (kind, value)."""
+    distinct: tuple[TokenKey, str] | None = None
+    """The argument of COUNT(DISTINCT x) / APPROX_DISTINCT(x) (its key and text): workers
+    then also group by it (one row per distinct (group, x) value), and the merge counts."""
 
     def partial(self, key: TokenKey, sql: str) -> str:
         """Quoted column name of the partial aggregate `sql` (one per distinct key)."""
@@ -199,6 +307,13 @@ def _merged(state: _TwoPhase, node: exp.Expr, span: Span, *, having: bool = Fals
             if key in state.keys:
                 edits.append((at[0], at[1], quote(f"_k{state.keys.index(key)}")))
                 return
+        if isinstance(n, exp.Filter) and isinstance(n.this, exp.AggFunc):
+            inner = node_span(query, n.this)
+            whole = None if inner is None else _filter_span(query, inner)
+            if whole is None:
+                raise NoPlan("FILTER without position")
+            edits.append((whole[0], whole[1], _filtered(state, n.this, whole)))
+            return
         if isinstance(n, exp.AggFunc):
             if at is None:
                 raise NoPlan("aggregate without position")
@@ -242,17 +357,107 @@ def _no_alias_references_in_having(query: Query, node: exp.Expr) -> None:
             raise NoPlan(f"{name} names both a column and a select alias")
 
 
+def _filter_span(query: Query, call: Span) -> Span | None:
+    """The span of `<call> FILTER (WHERE ...)`, given the call's span."""
+    after = [t for t in query.toks if t.start >= call[1]]
+    if len(after) < 3 or not after[0].word("FILTER") or not after[1].punct("("):
+        return None
+    depth = 0
+    for tok in after[1:]:
+        if tok.punct("([{"):
+            depth += 1
+        elif tok.punct(")]}"):
+            depth -= 1
+            if depth == 0:
+                return call[0], tok.end
+    return None
+
+
+def _filtered(state: _TwoPhase, node: exp.AggFunc, span: Span) -> str:
+    """Merge expression of `agg(x) FILTER (WHERE c)`: the workers compute it as written
+    and it merges like the plain aggregate (COUNT, SUM, MIN, MAX, BOOL_AND, BOOL_OR)."""
+    query = state.query
+    extra = {k: v for k, v in node.args.items() if k not in ("this", "big_int") and v}
+    if extra or isinstance(node.this, exp.Distinct) or node.this is None:
+        raise NoPlan("filtered aggregate with more than one plain argument")
+    partial = state.partial(token_key(query, span), query.text(span))
+    if isinstance(node, exp.Count):
+        return f"COALESCE(SUM({partial}), 0)"
+    if type(node) in _MERGE_OF:
+        return f"{_MERGE_OF[type(node)]}({partial})"
+    raise NoPlan(f"{type(node).__name__} FILTER has no two-phase form yet")
+
+
+def _distinct_argument(state: _TwoPhase, node: exp.AggFunc, span: Span) -> str:
+    """Register the argument of COUNT(DISTINCT x) / APPROX_DISTINCT(x) as the extra worker
+    group key `_d0` (one such argument per query) and return its quoted name."""
+    query = state.query
+    first = query.index[span[0]] + 2  # name (
+    if isinstance(node, exp.Count):
+        if not query.toks[first].word("DISTINCT"):
+            raise NoPlan("COUNT(DISTINCT) without DISTINCT token")
+        first += 1
+    inner = (query.toks[first].start, span[1] - 1)
+    key = token_key(query, inner)
+    if state.distinct is not None and state.distinct[0] != key:
+        raise NoPlan("distinct counts of more than one argument")
+    if any(isinstance(n, exp.AggFunc | exp.Window) for n in _argument(node).walk()):
+        raise NoPlan("aggregate inside a distinct count")
+    state.distinct = (key, query.text(inner).strip())
+    return quote("_d0")
+
+
+def _argument(node: exp.AggFunc) -> exp.Expr:
+    """The one argument of COUNT(DISTINCT x) or APPROX_DISTINCT(x)."""
+    this = node.this
+    if isinstance(this, exp.Distinct):
+        if len(this.expressions) != 1 or not isinstance(this.expressions[0], exp.Expr):
+            raise NoPlan("COUNT(DISTINCT) of several expressions")
+        first: exp.Expr = this.expressions[0]
+        return first
+    if not isinstance(this, exp.Expr):
+        raise NoPlan("no argument")
+    return this
+
+
 def _aggregate(state: _TwoPhase, node: exp.AggFunc, span: Span) -> str:
     """Merge expression of one aggregate call, registering its partials."""
     query = state.query
     extra = {k: v for k, v in node.args.items() if k not in ("this", "big_int") and v}
+    distinct_count = isinstance(node, exp.Count) and isinstance(node.this, exp.Distinct)
+    if not extra and (distinct_count or isinstance(node, exp.ApproxDistinct)):
+        _argument(node)
+        name = _distinct_argument(state, node, span)
+        state.moments[token_key(query, span)] = (
+            ("count_distinct", "_d0") if distinct_count else ("approx_distinct", "_d0")
+        )
+        return f"COUNT(DISTINCT {name})" if distinct_count else f"APPROX_DISTINCT({name})"
+    if isinstance(node, exp.Median) and not extra:
+        if isinstance(node.this, exp.Distinct):
+            raise NoPlan("MEDIAN(DISTINCT)")
+        _argument(node)
+        _distinct_argument(state, node, span)
+        state.partial(_WEIGHT, "count(*)")
+        state.moments[token_key(query, span)] = ("median", "_d0", state.partials[_WEIGHT][0])
+        state.sql_merge = False
+        return "NULL"
     if extra or isinstance(node.this, exp.Distinct) or node.this is None:
         raise NoPlan("aggregate with more than one plain argument")
     key = token_key(query, span)
     if isinstance(node, exp.Count):
         return f"COALESCE(SUM({state.partial(key, query.text(span))}), 0)"
-    if isinstance(node, exp.Sum | exp.Min | exp.Max):
+    if type(node) in _MERGE_OF:
         return f"{_MERGE_OF[type(node)]}({state.partial(key, query.text(span))})"
+    if type(node) in _VARIANCE:
+        inner = (query.toks[query.index[span[0]] + 1].end, span[1] - 1)
+        argument, arg_key = query.text(inner), token_key(query, inner)
+        names = []
+        for function in ("COUNT", "AVG", "VAR_POP"):
+            state.partial(_call_key(function, arg_key), f"{function.lower()}({argument})")
+            names.append(state.partials[_call_key(function, arg_key)][0])
+        state.moments[key] = (_VARIANCE[type(node)], names[0], names[1], names[2])
+        state.sql_merge = False
+        return "NULL"
     if isinstance(node, exp.Avg):
         inner = (query.toks[query.index[span[0]] + 1].end, span[1] - 1)
         argument, arg_key = query.text(inner), token_key(query, inner)
@@ -302,21 +507,74 @@ def _two_phase(query: Query, shards: tuple[int, ...] | None) -> Plan:
         target = order_target(query, order)
         what = outputs[target] if target is not None else _merged(state, order.node, order.span)
         order_keys.append(f"({what}) {order.direction}")
-    if not state.partials and not keys:
+    if not state.partials and not keys and state.distinct is None:
         raise NoPlan("nothing to aggregate")
     group_cols = [quote(f"_k{i}") for i in range(len(keys))]
     worker_cols = [f"{text} AS {group_cols[i]}" for i, (_, _, text) in enumerate(keys)]
+    worker_keys = len(keys)
+    if state.distinct is not None:
+        worker_cols.append(f"{state.distinct[1]} AS {quote('_d0')}")
+        worker_keys += 1
     worker_cols += [f"{sql} AS {quote(name)}" for name, sql in state.partials.values()]
     worker = f"SELECT {', '.join(worker_cols)} {query.from_where}"
-    merge = f"SELECT {', '.join(select)} FROM {PARTIALS}"
+    sql_merge = f"SELECT {', '.join(select)} FROM {PARTIALS}"
+    if worker_keys:
+        worker += " GROUP BY " + ", ".join(str(i + 1) for i in range(worker_keys))
     if keys:
-        worker += " GROUP BY " + ", ".join(str(i + 1) for i in range(len(keys)))
-        merge += " GROUP BY " + ", ".join(group_cols)
-    merge += having
+        sql_merge += " GROUP BY " + ", ".join(group_cols)
+    sql_merge += having
     if order_keys:
-        merge += f" ORDER BY {', '.join(order_keys)}"
-    merge += _limits(query.limit, query.offset)
-    columns = [f"_k{i}" for i in range(len(keys))] + [n for n, _ in state.partials.values()]
+        sql_merge += f" ORDER BY {', '.join(order_keys)}"
+    merge: str | None = sql_merge + _limits(query.limit, query.offset)
+    columns = [f"_k{i}" for i in range(len(keys))] + ["_d0"] * (state.distinct is not None)
+    columns += [n for n, _ in state.partials.values()]
+    fast = _fast_two_phase(state, query)
+    if not state.sql_merge:
+        if fast is None:
+            raise NoPlan("VAR/STDDEV/MEDIAN inside an expression, HAVING or beside others")
+        merge = None  # merged by `fastmerge` only (or gathered)
     return Plan(
-        Rule.TWO_PHASE, query.sql, query.relation.name, shards, worker, tuple(columns), merge
+        Rule.TWO_PHASE,
+        query.sql,
+        query.relation.name,
+        shards,
+        worker,
+        tuple(columns),
+        merge,
+        fast=fast,
     )
+
+
+def _fast_two_phase(state: _TwoPhase, query: Query) -> Spec | None:
+    """The in-process form of a two-phase merge when every select item is a group key or
+    one plain decomposable aggregate call, every ORDER BY key names an item, and there is
+    no HAVING; else None (the SQL merge runs)."""
+    if query.having is not None:
+        return None
+    outputs: list[tuple[str, ...]] = []
+    for item in query.items:
+        key = token_key(query, item.span)
+        if key in state.keys:
+            outputs.append(("key", f"_k{state.keys.index(key)}"))
+            continue
+        node = item.node
+        if key in state.moments and node_span(query, node) == item.span:
+            if state.moments[key][0] == "approx_distinct":
+                return None  # the engine's HyperLogLog: SQL merge only
+            outputs.append(state.moments[key])
+            continue
+        kind = _FAST_KIND.get(type(node))
+        if kind is None or node_span(query, node) != item.span or key not in state.partials:
+            return None
+        outputs.append((kind, state.partials[key][0]))
+    order: list[SortKey] = []
+    items = [token_key(query, item.span) for item in query.items]
+    for o in query.order:
+        target = order_target(query, o)
+        if target is None and token_key(query, o.span) in items:
+            target = items.index(token_key(query, o.span))  # ORDER BY count(*) = item count(*)
+        if target is None:
+            return None
+        order.append(SortKey(f"_o{target}", o.desc, o.nulls_first))
+    keys = tuple(f"_k{i}" for i in range(len(state.keys)))
+    return Spec(True, keys, tuple(outputs), tuple(order), query.limit, query.offset)

@@ -20,6 +20,7 @@ from benchmarks.harness.model import (
     NATIVE,
     Measurement,
     ProcessStat,
+    measurements_from_json,
     percentile,
     ratio,
     summarise,
@@ -78,6 +79,7 @@ def test_json_document_has_the_expected_shape() -> None:
     assert validate(doc) == []
     assert doc["results"][1]["ratio_to_native"] == 0.5
     assert doc["results"][1]["label"] == "clusterx2"
+    assert measurements_from_json(doc) == [r.m for r in rows]
     doc["results"][1]["workers"] = None
     del doc["machine"]["cores"]
     problems = validate(doc)
@@ -129,6 +131,13 @@ def test_profile_buckets() -> None:
         profiler.WAITING
     )
     assert profiler.where([("/usr/lib/threading.py", "wait"), inner]) == "ingest/partition.py:split"
+    waiting = [
+        ("/x/laminardb/cluster/supervisor.py", "collect"),
+        ("/x/laminardb/cluster/supervisor.py", "request"),
+        ("/x/laminardb/ingest/router.py", "_stage"),
+    ]
+    assert profiler.where(waiting) == "cluster/supervisor.py:collect <- ingest/router.py:_stage"
+    assert profiler.where([("/usr/lib/json.py", "loads")]) == "json.py:loads"
 
 
 def test_profile_samples_the_main_thread() -> None:
@@ -159,10 +168,21 @@ def test_bench_smoke_writes_json_and_png(tmp_path: Path) -> None:
     doc = json.loads((out / "laminardb-bench.json").read_text())
     assert validate(doc) == []
     labels = {(r["workload"], r["label"]) for r in doc["results"]}
-    for workload in ("streaming", "queries", "batch job"):
+    for workload in ("ingest", "streaming", "queries", "batch job"):
         assert (workload, "native") in labels and (workload, "clusterx1") in labels
     errors = [r for r in doc["results"] if r["error"]]
     assert not errors, errors
     assert doc["profile"]["samples"] > 0
     assert (out / "laminardb-bench.png").read_bytes()[:4] == b"\x89PNG"
     assert "x native" in (out / "laminardb-bench.md").read_text()
+
+
+def test_profile_table_has_a_column_per_workload() -> None:
+    prof = profiler.Profile()
+    prof.add([("/x/laminardb/ingest/cast.py", "conform")])
+    summary = prof.summary()
+    summary["by_workload"] = {"streaming": prof.summary(top=1)}
+    console = Console(width=200, record=True)
+    console.print(report.profile_table(summary))
+    text = console.export_text()
+    assert "streaming (1)" in text and "casting/validation" in text and "100.0%" in text
