@@ -60,6 +60,7 @@ if TYPE_CHECKING:
         Watermark,
     )
     from laminardb.api.writer import Writer
+    from laminardb.service.client import RemoteConnection
 
 # Public names load on first use (PEP 562): a worker process imports laminardb.api.errors
 # and laminardb.wire without paying for the coordinator's modules (sqlglot, the planner).
@@ -151,8 +152,16 @@ def open(
     return Connection(path, workers=count, config=config, **options)
 
 
-def connect(uri: str, *, workers: int | None = None) -> Connection:
-    """Like native `connect`: the URI is reserved, a local in-memory database is opened."""
+def connect(
+    uri: str, *, workers: int | None = None, secret_file: str | None = None
+) -> Connection | RemoteConnection:
+    """Attach to a `laminardb-cluster` service at `uri` (`ipc://…` or `tcp://…`, as printed
+    by `laminardb-cluster start`); `secret_file` is its `--secret-file` when it has one.
+    Any other URI opens a local in-memory database, like native `connect`."""
+    from laminardb.service.client import RemoteConnection, is_service_uri
+
+    if is_service_uri(uri):
+        return RemoteConnection(uri, secret_file=secret_file)
     return open(":memory:", workers=workers)
 
 

@@ -1,0 +1,157 @@
+"""`laminardb.connect(uri)`: the Connection API from other processes, several at once,
+answers equal to one native instance, data through /dev/shm, native error classes."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+import textwrap
+import time
+
+import pyarrow as pa
+import pytest
+from service_support import ROOT, Cli
+
+import laminardb
+from laminardb.api.connection import Connection
+from laminardb.service.client import RemoteConnection
+
+ROWS = [{"ts": i, "device": f"d{i % 5}", "value": float(i) / 4} for i in range(200)]
+QUERIES = [
+    "SELECT count(*) AS n, sum(value) AS s FROM readings",
+    "SELECT device, count(*) AS n, max(value) AS m FROM readings GROUP BY device",
+    "SELECT ts, value FROM readings WHERE value > 20 ORDER BY ts LIMIT 7",
+]
+DDL = "CREATE SOURCE readings (ts BIGINT, device VARCHAR, value DOUBLE)"
+
+
+def rows(table: pa.Table) -> list[tuple[object, ...]]:
+    return sorted(zip(*(c.to_pylist() for c in table.columns), strict=True), key=repr)
+
+
+def test_public_surface_matches_connection() -> None:
+    ours = {n for n in dir(Connection) if not n.startswith("_")}
+    missing = ours - set(dir(RemoteConnection))
+    assert not missing, f"RemoteConnection lacks {sorted(missing)}"
+    for name in ours:
+        local, remote = getattr(Connection, name), getattr(RemoteConnection, name)
+        assert isinstance(local, property) == isinstance(remote, property), name
+        assert inspect.iscoroutinefunction(local) == inspect.iscoroutinefunction(remote), name
+
+
+def test_same_answers_as_one_native_instance(service: tuple[Cli, str]) -> None:
+    import laminardb_native
+
+    _, uri = service
+    native = laminardb_native.open(":memory:")
+    with laminardb.connect(uri) as db:
+        assert isinstance(db, RemoteConnection) and db.shared_memory
+        db.execute(DDL + " PARTITION BY (device)")
+        native.execute(DDL)
+        for chunk in (ROWS[:50], ROWS[50:120]):
+            db.insert("readings", chunk)
+            native.insert("readings", chunk)
+        arrow = pa.Table.from_pylist(ROWS[120:], schema=db.schema("readings"))
+        db.insert("readings", arrow)
+        native.insert("readings", arrow)
+        for sql in QUERIES:
+            assert rows(db.sql(sql).to_arrow()) == rows(native.query(sql).to_arrow()), sql
+        assert [s.name for s in db.sources()] == ["readings"]
+        assert db.sources()[0].partition_by == ["device"]
+        assert sum(w.rows_ingested for w in db.workers()) == len(ROWS)
+        assert db.metrics().source_count == 1
+        assert db.explain(QUERIES[0]).num_rows > 0
+    native.close()
+
+
+def test_errors_are_native_classes_and_nothing_is_half_applied(service: tuple[Cli, str]) -> None:
+    _, uri = service
+    with laminardb.connect(uri) as db:
+        db.execute("CREATE SOURCE errs (id BIGINT NOT NULL, name VARCHAR)")
+        with pytest.raises(laminardb.SchemaError, match="errs"):
+            db.insert("errs", [{"id": 1, "name": "a"}, {"id": None, "name": "b"}])
+        with pytest.raises(laminardb.SchemaError, match="nope"):
+            db.insert("nope", [{"id": 1}])
+        with pytest.raises(laminardb.QueryError, match="SELEC"):
+            db.sql("SELEC 1")
+        with pytest.raises(laminardb.SchemaError, match="errs"):
+            db.execute("CREATE SOURCE errs (id BIGINT)")
+        assert db.sql("SELECT count(*) AS n FROM errs").to_arrow().column(0)[0].as_py() == 0
+        assert db.insert_json("errs", '[{"id": 7, "name": "j"}]') == 1
+        assert db.insert_csv("errs", "id,name\n8,c\n") == 1
+        with db.writer("errs") as w:
+            w.insert([{"id": 9, "name": "w"}])
+            assert w.flush() >= 1  # ships whatever is buffered for the source
+        assert db.sql("SELECT count(*) AS n FROM errs").to_arrow().column(0)[0].as_py() == 3
+    with pytest.raises(laminardb.ConnectionError, match="closed"):
+        db.sql("SELECT 1")
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys, laminardb
+    db = laminardb.connect(sys.argv[1])
+    me = int(sys.argv[2])
+    assert db.shared_memory
+    for i in range(20):
+        db.insert("shared", [{"client": me, "seq": i}] * 5)
+    print(db.sql(f"SELECT count(*) AS n FROM shared WHERE client = {me}").to_arrow().column(0)[0].as_py())
+    db.close()
+    """
+)
+
+
+def test_two_client_processes_share_one_cluster(service: tuple[Cli, str]) -> None:
+    _, uri = service
+    with laminardb.connect(uri) as db:
+        db.execute("CREATE SOURCE shared (client BIGINT, seq BIGINT) PARTITION BY (client)")
+        db.execute("CREATE STREAM shared_out AS SELECT client, seq FROM shared WHERE seq >= 0")
+        db.start()
+        sub = db.subscribe_stream("shared_out")
+        children = [
+            subprocess.Popen(
+                [sys.executable, "-c", CHILD, uri, str(n)],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for n in (1, 2)
+        ]
+        for child in children:
+            out, errors = child.communicate(timeout=90)
+            assert child.returncode == 0, errors
+            assert out.strip() == "100"
+        assert db.sql("SELECT count(*) AS n FROM shared").to_arrow().column(0)[0].as_py() == 200
+        seen = 0
+        deadline = time.monotonic() + 30
+        while seen < 200 and time.monotonic() < deadline:
+            batch = sub.next_timeout(1000) if sub.is_active else None
+            seen += 0 if batch is None else batch.num_rows
+        assert seen == 200
+        sub.cancel()
+        assert not sub.is_active
+        assert db.status()["clients"] >= 1
+
+
+async def test_async_and_callback_subscriptions(service: tuple[Cli, str]) -> None:
+    _, uri = service
+    with laminardb.connect(uri) as db:
+        db.execute("CREATE SOURCE ev (k BIGINT, v BIGINT)")
+        db.execute("CREATE STREAM ev_out AS SELECT k, v FROM ev WHERE v > 0")
+        db.start()
+        got: list[int] = []
+        callback = db.subscribe_stream_callback("ev_out", lambda r: got.append(r.num_rows))
+        sub = await db.subscribe_stream_async("ev_out")
+        db.insert("ev", [{"k": 1, "v": 1}, {"k": 2, "v": 2}, {"k": 3, "v": 0}])
+        first = await sub.__anext__()
+        assert first.num_rows == 2
+        deadline = time.monotonic() + 30
+        while sum(got) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sum(got) == 2
+        callback.cancel()
+        sub.cancel()
+        snapshot = [r.num_rows for r in db.subscribe("SELECT * FROM ev")]
+        assert sum(snapshot) == 3
