@@ -113,7 +113,7 @@ def bench(
         "workloads": names,
         "profile": profile,
         "started_utc": started.isoformat(),
-        "command": "python -m benchmarks " + " ".join(_argv()),
+        "command": _command(),
     }
     doc = to_json(machine(), settings, rows, result.profile)
     paths = {ext: os.path.join(out_dir, f"{STEM}.{ext}") for ext in ("json", "png", "md")}
@@ -125,7 +125,11 @@ def bench(
     console.print(f"wrote {paths['json']}, {paths['png']} and {paths['md']}")
 
 
-def _argv() -> list[str]:
+def _command() -> str:
+    """The command line that made this run, as a user would type it."""
     import sys
 
-    return sys.argv[1:]
+    program = os.path.basename(sys.argv[0])
+    if program in ("__main__.py", "cli.py"):
+        program = "python -m benchmarks"
+    return " ".join([program, *sys.argv[1:]])

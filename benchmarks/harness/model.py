@@ -142,6 +142,17 @@ def to_json(
     }
 
 
+def measurements_from_json(doc: dict[str, Any]) -> list[Measurement]:
+    """The measurements of a results document (to redraw or compare an earlier run)."""
+    names = set(Measurement.__dataclass_fields__)
+    out = []
+    for item in doc["results"]:
+        fields = {k: v for k, v in item.items() if k in names}
+        fields["processes"] = [ProcessStat(**p) for p in fields.get("processes", [])]
+        out.append(Measurement(**fields))
+    return out
+
+
 RESULT_KEYS = {
     "workload": str,
     "case": str,

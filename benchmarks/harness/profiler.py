@@ -63,13 +63,20 @@ def classify(stack: Sequence[tuple[str, str]]) -> str:
 
 
 def where(stack: Sequence[tuple[str, str]]) -> str:
-    """The innermost frame of ours (laminardb/), as `module.py:function`, for the top list."""
+    """The innermost frame of ours (laminardb/) as `module.py:function`, followed by the
+    nearest caller of ours in another module (`<- caller.py:function`) so that a wait says
+    what it waits for; the innermost frame when none is ours."""
+    ours = []
     for filename, func in stack:
         path = filename.replace("\\", "/")
         if "/laminardb/" in path:
-            return f"{path.split('/laminardb/', 1)[1]}:{func}"
-    filename, func = stack[0] if stack else ("?", "?")
-    return f"{filename.rsplit('/', 1)[-1]}:{func}"
+            ours.append((path.split("/laminardb/", 1)[1], func))
+    if not ours:
+        filename, func = stack[0] if stack else ("?", "?")
+        return f"{filename.rsplit('/', 1)[-1]}:{func}"
+    module, func = ours[0]
+    caller = next((f"{m}:{f}" for m, f in ours[1:] if m != module), None)
+    return f"{module}:{func}" + (f" <- {caller}" if caller else "")
 
 
 def _stack(frame: FrameType | None) -> list[tuple[str, str]]:

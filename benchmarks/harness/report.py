@@ -103,17 +103,22 @@ def table(rows: Sequence[Row], title: str) -> Table:
 
 
 def profile_table(profile: dict[str, Any]) -> Table:
+    """Coordinator time by bucket, overall and per workload, then the top functions."""
+    by_workload: dict[str, Any] = profile.get("by_workload", {})
     out = Table(
-        title=f"Coordinator time by cost ({profile['samples']:,} samples of all cluster runs)",
+        title=f"Coordinator time by cost ({profile['samples']:,} samples of the cluster runs)",
         title_justify="left",
     )
     out.add_column("where the time goes")
-    out.add_column("share", justify="right")
+    out.add_column("all", justify="right")
+    for name, part in by_workload.items():
+        out.add_column(f"{name} ({part['samples']:,})", justify="right")
     for bucket, share in sorted(profile["buckets"].items(), key=lambda kv: -kv[1]):
-        out.add_row(bucket, f"{share:.1%}")
+        parts = [f"{part['buckets'].get(bucket, 0.0):.1%}" for part in by_workload.values()]
+        out.add_row(bucket, f"{share:.1%}", *parts)
     out.add_section()
     for item in profile["top_functions"]:
-        out.add_row(f"  {item['where']}", f"{item['share']:.1%}")
+        out.add_row(f"  {item['where']}", f"{item['share']:.1%}", *[""] * len(by_workload))
     return out
 
 
@@ -133,10 +138,13 @@ def chart(rows: Sequence[Row], path: str, title: str) -> None:
     import matplotlib.pyplot as plt
 
     workloads = list(dict.fromkeys(r.m.workload for r in rows))
-    fig, axes = plt.subplots(
-        1, max(1, len(workloads)), figsize=(6 * max(1, len(workloads)), 4.5), squeeze=False
-    )
-    for ax, workload in zip(axes[0], workloads, strict=False):
+    ncols = min(2, max(1, len(workloads)))
+    nrows = -(-max(1, len(workloads)) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(7 * ncols, 4.5 * nrows), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[len(workloads) :]:
+        ax.set_visible(False)
+    for ax, workload in zip(flat, workloads, strict=False):
         by_case: dict[str, list[Row]] = defaultdict(list)
         for r in rows:
             if r.m.workload == workload and r.rows_per_s is not None:

@@ -16,12 +16,13 @@ from types import ModuleType
 from typing import Any
 
 import laminardb
-from benchmarks.harness import batch, queries, streaming
+from benchmarks.harness import batch, ingest, queries, streaming
 from benchmarks.harness.model import CLUSTER, NATIVE, Measurement
 from benchmarks.harness.profiler import Profile
 from benchmarks.harness.targets import Context, Sizes, Target
 
 WORKLOADS: dict[str, ModuleType] = {
+    "ingest": ingest,
     "streaming": streaming,
     "queries": queries,
     "batch": batch,

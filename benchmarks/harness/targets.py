@@ -33,12 +33,37 @@ class Sizes:
     query_rows: int
     query_repeat: int
     batch_rows: int
+    ingest_rows: int  # Arrow rows of the ingest-to-queryable workload
+    ingest_dict_rows: int
     timeout_s: float = 120.0
 
 
-FULL = Sizes("full", 2_000_000, 65_536, 200_000, (1_000, 100_000), 10_000_000, 10, 10_000_000)
-QUICK = Sizes("quick", 300_000, 65_536, 30_000, (1_000, 100_000), 1_000_000, 5, 300_000)
-TINY = Sizes("tiny", 4_000, 1_000, 400, (100,), 5_000, 2, 2_000, timeout_s=30.0)
+FULL = Sizes(
+    "full",
+    2_000_000,
+    65_536,
+    200_000,
+    (1_000, 100_000),
+    10_000_000,
+    10,
+    10_000_000,
+    2_000_000,
+    200_000,
+)
+QUICK = Sizes(
+    "quick",
+    300_000,
+    65_536,
+    30_000,
+    (1_000, 100_000),
+    1_000_000,
+    5,
+    300_000,
+    1_000_000,
+    100_000,
+    timeout_s=30.0,
+)
+TINY = Sizes("tiny", 4_000, 1_000, 400, (100,), 5_000, 2, 2_000, 4_000, 400, timeout_s=30.0)
 PRESETS = {s.name: s for s in (FULL, QUICK, TINY)}
 
 
