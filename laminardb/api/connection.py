@@ -43,7 +43,7 @@ from laminardb.cluster.supervisor import Cluster, ClusterOptions
 from laminardb.durability.log import Log, is_persistent
 from laminardb.ingest import convert
 from laminardb.ingest.router import FLUSH_DELAY_S, SPLIT_ROWS, Router
-from laminardb.plan import distributed, gather, statements
+from laminardb.plan import distributed, extended, gather, statements
 from laminardb.plan.statements import StatementKind
 from laminardb.streams import feed as stream_feed
 from laminardb.streams.hub import StreamHub
@@ -306,7 +306,8 @@ class Connection:
             ours = (
                 distributed.explain_rows(found, workers)
                 if found is not None
-                else gather.explain_rows(stmt.sql, tables, workers)
+                else extended.explain_rows(stmt.sql, self._catalog, workers)
+                or gather.explain_rows(stmt.sql, tables, workers)
             )
             keys = [k for k, _ in ours] + [str(v) for v in engine_plan.column(0).to_pylist()]
             values = [v for _, v in ours] + [str(v) for v in engine_plan.column(1).to_pylist()]

@@ -47,8 +47,10 @@ def run(sql: str, catalog: Catalog, fetch: Fetch) -> pa.Table | None:
     """The answer of `sql` through a distributed plan, or None when the caller must gather
     (no rule applies, the native engine rejects the query, or the plan could not be exact)."""
     found = cached_plan(sql, catalog)
-    if found is None:
-        return None
+    if found is None:  # joins, set operations, sub-queries (planner-joins' rules)
+        from laminardb.plan import extended
+
+        return extended.run(sql, catalog, fetch)
     try:
         return execute(found, catalog, fetch)
     except Exception as exc:
