@@ -3,13 +3,19 @@
 Each case inserts the same rows into a keyed source and is timed until a query sees every
 row (`SELECT count(*)` equals the total), so the cluster's buffering cannot flatter it.
 Usage: `.venv/bin/python -m benchmarks.ingest [--rows N] [--workers 2] [--json out.json]`.
+
+The cost of durability is measured in the same run: each case also runs on a cluster opened
+with a path (every batch written to the log before it is committed), and its rate is
+reported against the same cluster without a path and against one native instance.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -79,13 +85,34 @@ def measure(make: Callable[[], Any], ddl: str, batches: list[Any], repeat: int) 
     return statistics.median(rates)
 
 
+def measure_with_path(workers: int, ddl: str, batches: list[Any], repeat: int) -> float:
+    """Like `measure`, on a cluster persisting to a fresh folder each run (removed after)."""
+    rates = []
+    for _ in range(repeat):
+        folder = tempfile.mkdtemp(prefix="bench-ingest-")
+        try:
+            conn = laminardb.open(f"{folder}/db", workers=workers)
+            try:
+                rates.append(run_case(conn, ddl, batches))
+            finally:
+                conn.close()
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    return statistics.median(rates)
+
+
 @click.command()
 @click.option("--rows", default=1_000_000, show_default=True, help="rows per Arrow case")
 @click.option("--dict-rows", default=100_000, show_default=True, help="rows per list-of-dicts case")
 @click.option("--workers", default=2, show_default=True)
 @click.option("--repeat", default=3, show_default=True, help="runs per case (median reported)")
 @click.option("--json", "json_path", default=None, help="also write the figures here")
-def main(rows: int, dict_rows: int, workers: int, repeat: int, json_path: str | None) -> None:
+@click.option(
+    "--durability/--no-durability", default=True, show_default=True, help="also run with a path"
+)
+def main(
+    rows: int, dict_rows: int, workers: int, repeat: int, json_path: str | None, durability: bool
+) -> None:
     """Rows/s to queryable, native vs cluster, Arrow batches and 100-row list-of-dicts inserts."""
     cases = [
         ("Arrow, 65,536-row batches", arrow_batches(rows, 65_536, 100_000)),
@@ -94,15 +121,25 @@ def main(rows: int, dict_rows: int, workers: int, repeat: int, json_path: str | 
     ]
     cluster = laminardb.open(workers=workers)
     cluster.close()  # warm the worker imports once so the first case is not penalised
-    results = []
+    results: list[dict[str, Any]] = []
     for name, batches in cases:
         native = measure(lambda: laminardb_native.open(":memory:"), DDL, batches, repeat)
         ours = measure(
             lambda: laminardb.open(workers=workers), DDL + " PARTITION BY (device)", batches, repeat
         )
-        results.append(
-            {"case": name, "native_rows_s": native, "cluster_rows_s": ours, "ratio": ours / native}
-        )
+        result = {
+            "case": name,
+            "native_rows_s": native,
+            "cluster_rows_s": ours,
+            "ratio": ours / native,
+        }
+        if durability:
+            keyed = DDL + " PARTITION BY (device)"
+            logged = measure_with_path(workers, keyed, batches, repeat)
+            result.update(
+                path_rows_s=logged, path_ratio=logged / native, path_vs_memory=logged / ours
+            )
+        results.append(result)
     table = Table(
         title=f"Ingest to queryable: {workers} workers vs one native instance (median of {repeat})"
     )
@@ -116,6 +153,19 @@ def main(rows: int, dict_rows: int, workers: int, repeat: int, json_path: str | 
             f"{r['ratio']:.2f}x",
         )
     Console().print(table)
+    if durability:
+        cost = Table(title=f"Cost of durability: the same cluster with a path (median of {repeat})")
+        for col in ("case", "no path rows/s", "path rows/s", "path / no path", "path / native"):
+            cost.add_column(col, justify="right")
+        for r in results:
+            cost.add_row(
+                r["case"],
+                f"{r['cluster_rows_s']:,.0f}",
+                f"{r['path_rows_s']:,.0f}",
+                f"{r['path_vs_memory']:.2f}x",
+                f"{r['path_ratio']:.3f}x",
+            )
+        Console().print(cost)
     if json_path:
         machine = {
             "python": platform.python_version(),

@@ -157,9 +157,23 @@ class Server:
             return None, None
         if isinstance(r, protocol.Shutdown):
             return None, None
+        if isinstance(r, (protocol.ReadFiles, protocol.StageSegments)):
+            from workers import files  # file loads: laminardb/files, workers/files.py
+
+            if isinstance(r, protocol.ReadFiles):
+                return files.read_files(r, self.spec.shard, self.staged), None
+            return files.stage_segments(r, self.staged), None
         raise TypeError(f"unknown request {type(r).__name__}")
 
     def _call(self, method: str, args: list[Any]) -> tuple[Any, Any]:
         from workers import introspect
 
+        if method == "quiesce":
+            # After a restart's replay (laminardb/cluster/recovery.py): let the engine turn the
+            # replayed rows into results while no stream is forwarded, so none is sent twice.
+            from workers import streams
+
+            if self.engine.started:
+                streams.quiesce(self.engine.conn, self.engine.last_insert)
+            return None, None
         return introspect.call(self.engine, method, args)

@@ -39,10 +39,13 @@ from laminardb.api.subscriptions import (
 from laminardb.api.writer import Writer
 from laminardb.cluster import ddl
 from laminardb.cluster.catalog import Catalog, quote
+from laminardb.cluster.recovery import RecoveringRouter, Recovery, resubscribe
 from laminardb.cluster.supervisor import Cluster, ClusterOptions
 from laminardb.durability.log import Log, is_persistent
+from laminardb.files import copy as files_copy
+from laminardb.files import load as files_load
 from laminardb.ingest import convert
-from laminardb.ingest.router import FLUSH_DELAY_S, SPLIT_ROWS, Router
+from laminardb.ingest.router import FLUSH_DELAY_S, SPLIT_ROWS
 from laminardb.plan import distributed, extended, gather, statements
 from laminardb.plan.statements import StatementKind
 from laminardb.streams import feed as stream_feed
@@ -77,7 +80,8 @@ class Connection:
     live worker before failing with `ConnectionError`; `subscription_batches` and
     `subscription_bytes`, how much one stream subscriber may leave unread before it fails
     with `SubscriptionError` (the bound that keeps a slow subscriber from using unbounded
-    memory).
+    memory); `recovery`, for `:memory:`, keeps a private temporary log so that a worker that
+    dies is restarted and rebuilt as with a path (laminardb/cluster/recovery.py).
     """
 
     def __init__(
@@ -91,10 +95,12 @@ class Connection:
         request_timeout_s: float = 300.0,
         subscription_batches: int = stream_feed.MAX_BATCHES,
         subscription_bytes: int = stream_feed.MAX_BYTES,
+        recovery: bool = False,
     ):
         self.path = path
         self.config = config or LaminarConfig()
-        self._durable = Log(path) if is_persistent(path) else None  # locked before workers start
+        # Locked before workers start; recovery=True: a private log to rebuild dead workers.
+        self._durable = Log(path) if is_persistent(path) else (Log.private() if recovery else None)
         self._logging = False  # set once the log is replayed: from then on, log changes
         options = ClusterOptions(
             workers=workers, arena_bytes=arena_bytes, request_timeout_s=request_timeout_s
@@ -107,7 +113,7 @@ class Connection:
             raise
         self._lock = self._cluster.lock
         self._catalog = Catalog()
-        self._router = Router(self._cluster, split_rows)
+        self._router = RecoveringRouter(self._cluster, split_rows)
         self._queries: collections.deque[QueryInfo] = collections.deque(maxlen=QUERY_LOG_SIZE)
         self._query_ids = itertools.count(1)
         self._checkpoints = itertools.count(1)
@@ -121,6 +127,8 @@ class Connection:
             max_batches=subscription_batches,
             max_bytes=subscription_bytes,
         )
+        self._recovery = Recovery(self._cluster, self._router, self._durable)
+        self._recovery.hooks.append(resubscribe(self._streams))
         self._finalizer = weakref.finalize(
             self, _finalize, self._cluster, self._stop, self._streams, self._durable
         )
@@ -138,19 +146,11 @@ class Connection:
         if self._durable is not None:
             try:
                 with self._lock:  # replayed statements and rows are not logged again
-                    self._durable.restore(
-                        lambda sql: self._execute_one(statements.classify(sql)), self._router.ship
-                    )
+                    self._recovery.restore(lambda sql: self._execute_one(statements.classify(sql)))
             except BaseException:
                 self._finalizer()
                 raise
-            self._router.on_ship = self._durable.append_batch
-            self._logging = True
-
-    def _log_statement(self, stmt: statements.Statement) -> None:
-        """Log a statement that succeeded and changed the catalog or a table's rows."""
-        if self._logging and self._durable is not None:
-            self._durable.append_ddl(stmt.sql)
+            self._recovery.logging = self._logging = True  # batches are logged before commit
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -190,6 +190,7 @@ class Connection:
             raise LaminarError("Shutdown (901): Database is shut down", code=codes.SHUTDOWN)
         if self._cluster.closed:
             raise ConnectionError("Connection is closed")
+        self._recovery.ensure()  # a dead worker is restarted and rebuilt first (or an error)
         if self._background_error is not None:
             error, self._background_error = self._background_error, None
             raise IngestionError(
@@ -218,6 +219,13 @@ class Connection:
             self._check()
             rows = convert.from_csv(data, self._source_schema(table), table=table)
             return self._accept(table, rows)
+
+    def load(self, table: str, path: str, format: str | None = None, **options: Any) -> int:
+        """Load files (path, folder or glob) into a source, read in parallel by the workers;
+        all rows or none (laminardb/files). Options: header, delimiter."""
+        with self._lock:
+            self._check()
+            return files_load.load(self, table, path, format, options)
 
     def writer(self, table: str) -> Writer:
         with self._lock:
@@ -255,6 +263,8 @@ class Connection:
                 return QueryResult(self._run_query(stmt.sql))
             if stmt.kind in _METADATA:
                 return QueryResult(self._metadata(stmt.sql))
+            if stmt.kind is StatementKind.COPY:
+                return files_copy.run_sql(self, stmt)
             if stmt.kind is StatementKind.OTHER:
                 # Not something we recognise: the engine's own parser gives the native error.
                 return QueryResult(gather.run(stmt.sql, [], self._catalog, self._fetch))
@@ -264,11 +274,15 @@ class Connection:
         return self.sql(sql)
 
     def _run_query(self, sql: str) -> pa.Table:
+        table = self._recovery.retry(lambda: self._query_once(sql))  # again after a restart
+        self._log_query(sql)
+        return table
+
+    def _query_once(self, sql: str) -> pa.Table:
         self._router.flush()
         table = distributed.run(sql, self._catalog, distributed.cluster_fetch(self._cluster))
         if table is None:  # no rule splits it: gather the rows it reads into one engine
             table = gather.run(sql, self._tables_read(sql), self._catalog, self._fetch)
-        self._log_query(sql)
         return table
 
     def _log_query(self, sql: str) -> None:
@@ -407,15 +421,17 @@ class Connection:
             return ExecuteResult.query(QueryResult(self._run_query(stmt.sql)))
         if stmt.kind in _METADATA:
             return ExecuteResult.metadata(QueryResult(self._metadata(stmt.sql)))
+        if stmt.kind is StatementKind.COPY:
+            return files_copy.run(self, stmt)
         self._router.flush()
         if stmt.kind is StatementKind.INSERT:
             return self._insert_statement(stmt)
-        if stmt.kind in _HOME_ONLY:
-            reply = self._cluster.request(0, _execute_request(self._cluster, stmt))
-        else:
-            reply = ddl.apply(self._cluster, self._catalog, self._router, stmt)
+        with self._recovery.statement(stmt.sql if self._logging else None):  # write-ahead
+            if stmt.kind in _HOME_ONLY:
+                reply = self._cluster.request(0, _execute_request(self._cluster, stmt))
+            else:
+                reply = ddl.apply(self._cluster, self._catalog, self._router, stmt)
         result = _execute_result(reply)
-        self._log_statement(stmt)
         if stmt.kind in (StatementKind.CREATE_STREAM, StatementKind.CREATE_MATERIALIZED_VIEW):
             self._log_query(stmt.query or stmt.sql)
         return result
@@ -424,9 +440,9 @@ class Connection:
         relation = self._catalog.get(stmt.name or "")
         if relation is not None and relation.kind == "source":
             return observe.insert_select(self, relation, stmt)  # its rows are logged at ship
-        result = _execute_result(self._cluster.request(0, _execute_request(self._cluster, stmt)))
-        self._log_statement(stmt)
-        return result
+        with self._recovery.statement(stmt.sql if self._logging else None):
+            reply = self._cluster.request(0, _execute_request(self._cluster, stmt))
+        return _execute_result(reply)
 
     def create_table(self, name: str, schema: Any, partition_by: list[str] | None = None) -> None:
         """Create a source from an Arrow schema (optionally keyed), like `CREATE SOURCE`."""
@@ -449,7 +465,7 @@ class Connection:
         """Flush every buffer; with a path, fsync the log (in memory: needs storage_dir)."""
         with self._lock:
             self._check()
-            if self._durable is None and self.config.storage_dir is None:
+            if not is_persistent(self.path) and self.config.storage_dir is None:
                 raise CheckpointError(
                     "Internal error (900): [LDB-6001] Checkpoint error: checkpointing is not enabled",
                     code=codes.INTERNAL_ERROR,
@@ -461,7 +477,7 @@ class Connection:
 
     @property
     def is_checkpoint_enabled(self) -> bool:
-        return self.config.storage_dir is not None or self._durable is not None
+        return self.config.storage_dir is not None or is_persistent(self.path)
 
     @property
     def pipeline_state(self) -> str:

@@ -105,6 +105,18 @@ class QueryResult:
         """DuckDB-style alias of `to_arrow()`."""
         return self._table
 
+    def write_parquet(self, path: str) -> int:
+        """Write the rows to a Parquet file (a folder of parts when `path` ends with '/')."""
+        from laminardb.files.write import write_result
+
+        return write_result(self._table, path, "parquet")
+
+    def write_csv(self, path: str, *, header: bool = True, delimiter: str = ",") -> int:
+        """Write the rows to a CSV file (gzip/zstd by extension); returns the row count."""
+        from laminardb.files.write import write_result
+
+        return write_result(self._table, path, "csv", header=header, delimiter=delimiter)
+
     def to_pandas(self) -> Any:
         """The rows as a pandas DataFrame (pyarrow's default conversion)."""
         import pandas  # noqa: F401 - pyarrow may hold a cached pandas; fail like native without it

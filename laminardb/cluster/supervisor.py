@@ -8,14 +8,21 @@ a private ipc:// endpoint. Requests carry ids; while we wait for replies we watc
 worker we wait on, so a dead worker is reported by name within a poll tick instead of hanging.
 
 Each worker also connects a PUSH socket to our PULL socket (the data channel, for stream
-output). Both endpoints live in a private temporary folder that is removed as soon as every
-worker has greeted on both channels, so nothing of ours stays in the file system. The PULL
-socket is handed to the streams layer (`take_data_socket`), whose receiver thread owns it.
+output). Both endpoints live in a private (0700) temporary folder that stays while the
+cluster is open, so that a worker that died can be started again on the same endpoints
+(`restart`), and is removed by `close()`; a folder left by a coordinator that was killed is
+swept by the next cluster started on the machine. The PULL socket is handed to the streams
+layer (`take_data_socket`), whose receiver thread owns it.
+
+Deadlines: a reply that does not come within `request_timeout_s` fails the call with a
+`ConnectionError` naming the silent workers (a stopped or wedged process); their later
+replies carry request ids nobody waits for any more and are dropped.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import logging
 import os
@@ -33,13 +40,15 @@ import zmq
 
 from laminardb.api.errors import ConnectionError, LaminarError, codes, from_wire
 from laminardb.wire import protocol
-from laminardb.wire.arena import Arena, sweep_stale
+from laminardb.wire.arena import SHM_DIR, Arena, sweep_stale
 
 log = logging.getLogger("laminardb.cluster")
 
 POLL_MS = 100
+DIR_PREFIX = "laminardb-"
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 3.0
+SETTLE_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -95,74 +104,135 @@ class Cluster:
         self._txns = itertools.count(1)
         self.workers: list[WorkerHandle] = []
         sweep_stale()
-        self._dir = tempfile.mkdtemp(prefix=f"laminardb-{os.getpid()}-")
+        sweep_stale_dirs()
+        self._dir = tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-")
         os.chmod(self._dir, 0o700)
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        endpoint = f"ipc://{self._dir}/ctl"
-        self._sock.bind(endpoint)
+        self._sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker takes its name back
+        self._endpoint = f"ipc://{self._dir}/ctl"
+        self._sock.bind(self._endpoint)
         self._data: zmq.Socket[bytes] | None = self._ctx.socket(zmq.PULL)
         self._data.setsockopt(zmq.LINGER, 0)
         self._data_endpoint = f"ipc://{self._dir}/data"
         self._data.bind(self._data_endpoint)
+        self.restarts = [0] * options.workers
         try:
-            self._spawn(endpoint)
+            self._spawn()
         except BaseException:
             self.close()
             raise
 
-    def _spawn(self, endpoint: str) -> None:
+    def _spawn(self) -> None:
+        for shard in range(self.options.workers):
+            self.workers.append(self._start_worker(shard))
+        self._await_hello(self.workers, data=True)
+        # Every worker has mapped its arena: its name need not stay in /dev/shm.
+        for worker in self.workers:
+            worker.arena.unlink()
+
+    def _start_worker(self, shard: int) -> WorkerHandle:
         from workers.server import WorkerSpec
 
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         n = self.options.workers
         pin = self.options.pin_cpus and len(cpus) > n
         threads = max(1, len(cpus) // n) if cpus else None
-        for shard in range(n):
-            arena = Arena.create(self.options.arena_bytes, f"w{shard}")
-            spec = WorkerSpec(
-                shard=shard,
-                endpoint=endpoint,
-                data_endpoint=self._data_endpoint,
-                arena_name=arena.name,
-                arena_size=arena.size,
-                parent_pid=os.getpid(),
-                cpu=cpus[(shard + 1) % len(cpus)] if pin else None,
-                engine_threads=threads,
-                log_level=self.options.log_level,
-            )
+        arena = self._create_arena(shard)
+        spec = WorkerSpec(
+            shard=shard,
+            endpoint=self._endpoint,
+            data_endpoint=self._data_endpoint,
+            arena_name=arena.name,
+            arena_size=arena.size,
+            parent_pid=os.getpid(),
+            cpu=cpus[(shard + 1) % len(cpus)] if pin else None,
+            engine_threads=threads,
+            log_level=self.options.log_level,
+        )
+        try:
             process = subprocess.Popen(
                 [sys.executable, "-m", "workers", "laminardb-worker", spec.to_json()],
                 stdin=subprocess.DEVNULL,
                 env=_worker_env(),
             )
-            self.workers.append(WorkerHandle(shard, process, arena))
-        self._await_hello()
-        # Every worker has mapped its arena and connected: no name of ours needs to stay around.
-        for worker in self.workers:
-            worker.arena.unlink()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        except BaseException:
+            arena.unlink()
+            arena.close()
+            raise
+        return WorkerHandle(shard, process, arena)
 
-    def _await_hello(self) -> None:
-        waiting = {w.identity: w for w in self.workers}
-        data_waiting = {w.shard: w for w in self.workers}
+    def _create_arena(self, shard: int) -> Arena:
+        """The shared-memory arena of worker `shard`, or a clear error when /dev/shm is full
+        (checked first: touching pages of an overfull tmpfs mapping would kill us by SIGBUS)."""
+        size = self.options.arena_bytes
+        try:
+            st = os.statvfs(SHM_DIR)
+            free = st.f_bavail * st.f_frsize
+            if free < size:
+                raise OSError(errno.ENOSPC, f"{free >> 20} MiB free, {size >> 20} MiB needed")
+            return Arena.create(size, f"w{shard}")
+        except OSError as exc:
+            raise ConnectionError(
+                f"cannot create the shared-memory arena of worker {shard} in {SHM_DIR}: "
+                f"{exc.strerror or exc}; free space there or open with a smaller arena_bytes",
+                code=codes.CONNECTION_FAILED,
+                shard=shard,
+            ) from exc
+
+    def dead(self, suspect: int | None = None) -> list[WorkerHandle]:
+        """The workers whose process has exited. `suspect`: a worker whose channel just
+        failed gets SETTLE_S to be reaped (its sockets close a moment before it exits)."""
+        if suspect is not None and 0 <= suspect < len(self.workers):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.workers[suspect].process.wait(SETTLE_S)
+        return [w for w in self.workers if not w.alive]
+
+    def restart(self, shard: int) -> WorkerHandle:
+        """Replace worker `shard` by a fresh process (empty engine) on the same endpoints.
+
+        The old process is killed if it still runs (a wedged worker is replaced this way).
+        The caller rebuilds the new engine's catalog and rows (laminardb/cluster/recovery.py).
+        """
+        self._check_open()
+        old = self.workers[shard]
+        if old.alive:
+            old.process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            old.process.wait(STOP_TIMEOUT_S)
+        old.arena.close()
+        worker = self._start_worker(shard)
+        self.workers[shard] = worker
+        try:
+            self._await_hello([worker], data=self._data is not None)
+        finally:
+            worker.arena.unlink()
+        self.restarts[shard] += 1
+        log.warning("%s restarted (replacing pid %d)", worker.describe(), old.pid)
+        return worker
+
+    def _await_hello(self, workers: Sequence[WorkerHandle], data: bool) -> None:
+        """Wait until each of `workers` greeted on the control channel (and the data channel
+        while we still own it; afterwards the streams receiver reads and ignores the greeting)."""
+        waiting = {w.identity: w for w in workers}
+        data_waiting = {w.shard: w for w in workers} if data else {}
         deadline = time.monotonic() + START_TIMEOUT_S
         while waiting or data_waiting:
-            assert self._data is not None
-            while self._data.poll(0):
+            while data_waiting and self._data is not None and self._data.poll(0):
                 hello = protocol.decode_data(self._data.recv_multipart()[0])
                 if isinstance(hello, protocol.PushHello):
                     data_waiting.pop(hello.shard, None)
             if not waiting:
+                assert self._data is not None
                 self._data.poll(POLL_MS)
             elif self._sock.poll(POLL_MS):
-                identity, payload = self._sock.recv_multipart()
-                msg = protocol.decode_reply(payload)
-                worker = waiting.pop(identity, None)
-                if not isinstance(msg, protocol.Hello) or worker is None:
-                    continue
+                frames = self._sock.recv_multipart()
+                msg = protocol.decode_reply(frames[1])
+                if not isinstance(msg, protocol.Hello) or frames[0] not in waiting:
+                    continue  # during a restart: a late reply from another worker
+                worker = waiting.pop(frames[0])
                 if msg.version != protocol.PROTOCOL_VERSION:
                     raise ConnectionError(
                         f"{worker.describe()} speaks protocol {msg.version}, "
@@ -237,11 +307,7 @@ class Cluster:
                 if not worker.alive:
                     raise self._dead(worker, f"exited with code {worker.exitcode}")
             if time.monotonic() > deadline:
-                shards = sorted(set(pending.values()))
-                raise ConnectionError(
-                    f"workers {shards} did not answer within {timeout_s or self.options.request_timeout_s:.0f} s",
-                    code=codes.CONNECTION_FAILED,
-                )
+                raise self._timed_out(sorted(set(pending.values())), timeout_s)
         if error is not None:
             raise error
         return out
@@ -251,15 +317,38 @@ class Cluster:
         return self.collect({request.rid: shard})[request.rid]
 
     def broadcast(self, make: Any, shards: Sequence[int] | None = None) -> list[Response]:
-        """Send `make(rid)` to each shard at once, return the replies in shard order."""
+        """Send `make(rid)` to each shard at once, return the replies in shard order.
+
+        A worker that cannot be reached does not keep the request from the others (a Commit
+        must reach every live worker); its error is raised once the others have answered.
+        """
         targets = range(len(self.workers)) if shards is None else shards
         pending: dict[int, int] = {}
+        unreachable: LaminarError | None = None
         for shard in targets:
             rid = self.new_rid()
-            self.send(shard, make(rid))
+            try:
+                self.send(shard, make(rid))
+            except LaminarError as exc:
+                unreachable = unreachable or exc
+                continue
             pending[rid] = shard
+        if unreachable is not None:
+            with contextlib.suppress(LaminarError):
+                self.collect(pending)
+            raise unreachable
         replies = self.collect(pending)
         return sorted(replies.values(), key=lambda r: r.shard)
+
+    def _timed_out(self, shards: list[int], timeout_s: float | None) -> LaminarError:
+        limit = timeout_s or self.options.request_timeout_s
+        names = ", ".join(self.workers[s].describe() for s in shards)
+        return ConnectionError(
+            f"timed out: {names} did not answer within {limit:g} s (request_timeout_s); "
+            "it may be stopped or overloaded",
+            code=codes.CONNECTION_FAILED,
+            shard=shards[0],
+        )
 
     def _dead(self, worker: WorkerHandle, why: str) -> LaminarError:
         return ConnectionError(
@@ -305,3 +394,31 @@ def _worker_env() -> dict[str, str]:
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     return env
+
+
+def sweep_stale_dirs() -> list[str]:
+    """Remove endpoint folders (`laminardb-<pid>-*`) whose coordinator process is gone."""
+    import psutil
+
+    root = tempfile.gettempdir()
+    removed: list[str] = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(DIR_PREFIX):
+            continue
+        try:
+            pid = int(name[len(DIR_PREFIX) :].split("-", 1)[0])
+        except ValueError:
+            continue
+        path = os.path.join(root, name)
+        if (
+            not psutil.pid_exists(pid)
+            and os.path.isdir(path)
+            and os.stat(path).st_uid == os.getuid()
+        ):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(name)
+    return removed

@@ -14,6 +14,15 @@ The CRC32 covers type, name and payload, so a torn write (a crash mid-record) or
 byte is detected; replay keeps every record before the first bad one, truncates the file
 there and reports what it dropped.
 
+Each record appended or replayed is also indexed in memory (`refs`: offset, kind, source
+and where its rows went), so that a worker that died can be rebuilt from the log alone
+(laminardb/cluster/recovery.py).
+
+A failed write (a full disk: ENOSPC) cuts the file back to the end of the last whole record
+and raises `IngestionError` naming the log and the source; since batches are logged before
+any worker commits them, the insert that failed is applied nowhere and nothing acknowledged
+before it is touched.
+
 Fsync policy: every record is written to the operating system as soon as it is appended
 (so it survives the death of this process, `kill -9` included), and the file is fsynced by
 `checkpoint()` and `close()` (so what was checkpointed also survives a machine crash).
@@ -24,23 +33,27 @@ opening the same database; the kernel releases it when the holder exits, however
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import fcntl
 import logging
 import os
+import shutil
 import struct
+import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any
 
 import pyarrow as pa
 
-from laminardb.api.errors import ConnectionError
+from laminardb.api.errors import ConnectionError, IngestionError, codes
 from laminardb.wire import arrow_ipc
 
 log = logging.getLogger("laminardb.durability")
 
+_write = os.write  # the one write of the log (tests put a full disk here)
 MAGIC = b"LDBR"
 HEADER = struct.Struct("<4sBHQI")
 LOG_NAME = "log"
@@ -68,6 +81,17 @@ class Record:
         return arrow_ipc.loads(self.payload)
 
 
+@dataclass
+class RecordRef:
+    """Where one intact record lies in the log; `placement` says which workers got a batch
+    in this session (set by the router when the batch is shipped; None for a statement)."""
+
+    offset: int
+    type: RecordType
+    source: str
+    placement: Any = None
+
+
 def is_persistent(path: str | os.PathLike[str] | None) -> bool:
     """True when `path` names a directory to persist in (anything but "" or ":memory:")."""
     return path is not None and os.fspath(path) not in ("", ":memory:")
@@ -79,15 +103,22 @@ def _crc(kind: int, name: bytes, payload: bytes | memoryview) -> int:
 
 def encode(kind: RecordType, source: str, payload: bytes | memoryview) -> bytes:
     """The bytes of one record."""
+    return encode_head(kind, source, payload) + bytes(payload)
+
+
+def encode_head(kind: RecordType, source: str, payload: bytes | memoryview) -> bytes:
+    """The header and name of one record (the payload follows them as is)."""
     name = source.encode("utf-8")
-    header = HEADER.pack(MAGIC, int(kind), len(name), len(payload), _crc(kind, name, payload))
-    return header + name + bytes(payload)
+    return HEADER.pack(MAGIC, int(kind), len(name), len(payload), _crc(kind, name, payload)) + name
 
 
 class Log:
     """The lock and the log file of one database directory; open until `close()`."""
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], *, temporary: bool = False):
+        # temporary: a private log of an in-memory database, kept only so that a worker that
+        # died can be rebuilt; the folder is removed by `close()`.
+        self.temporary = temporary
         self.dir = os.path.abspath(os.fspath(path))
         try:
             os.makedirs(self.dir, exist_ok=True)
@@ -103,15 +134,34 @@ class Log:
                 f"(lock {os.path.join(self.dir, LOCK_NAME)} is held)"
             ) from None
         self.file_path = os.path.join(self.dir, LOG_NAME)
-        self._file: BinaryIO | None = None
+        self._fd = -1  # append descriptor, opened once replay is done
+        self._end = 0  # bytes of whole records in the file
+        self.refs: list[RecordRef] = []
         self.dropped_bytes = 0
         self.dropped_records = 0
+
+    @classmethod
+    def private(cls) -> Log:
+        """A temporary, empty log in a private folder (an in-memory database's recovery log)."""
+        path = tempfile.mkdtemp(prefix=f"laminardb-{os.getpid()}-log-")
+        try:
+            log_ = cls(path, temporary=True)
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        log_._open_for_append()
+        return log_
 
     @property
     def closed(self) -> bool:
         return self._lock_fd < 0
 
     def replay(self) -> Iterator[Record]:
+        """Every intact record in order (see `replay_refs`)."""
+        for _, record in self.replay_refs():
+            yield record
+
+    def replay_refs(self) -> Iterator[tuple[RecordRef, Record]]:
         """Every intact record in order; at the first bad one, truncate the log and stop.
 
         What was dropped is logged as a warning and kept in `dropped_bytes` and
@@ -138,14 +188,17 @@ class Log:
                     self.dropped_bytes,
                 )
                 break
+            ref = RecordRef(offset, record.type, record.source)
+            self.refs.append(ref)
             good = end
             offset = end
-            yield record
+            yield ref, record
         if self.dropped_bytes:
             with open(self.file_path, "r+b") as f:
                 f.truncate(good)
                 f.flush()
                 os.fsync(f.fileno())
+        self._end = good
         self._open_for_append()
 
     def restore(
@@ -166,50 +219,95 @@ class Log:
         return count
 
     def _open_for_append(self) -> None:
-        if self._file is None:
-            self._file = open(self.file_path, "ab")  # noqa: SIM115 - held until close()
+        if self._fd < 0:
+            self._fd = os.open(self.file_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self._end = os.fstat(self._fd).st_size
 
     def _require_open(self) -> None:
         if self.closed:
             raise ConnectionError(f"log {self.dir} is closed")
 
-    def _append(self, kind: RecordType, source: str, payload: bytes | memoryview) -> None:
+    def _append(self, kind: RecordType, source: str, payload: bytes | memoryview) -> RecordRef:
         self._require_open()
         self._open_for_append()
-        assert self._file is not None
-        self._file.write(encode(kind, source, payload))
-        self._file.flush()  # to the OS: survives the death of this process
+        head = encode_head(kind, source, payload)
+        start, size = self._end, len(head) + len(payload)
+        try:
+            for part in (memoryview(head), memoryview(payload)):  # no copy of the payload
+                while part:
+                    # to the OS at once: the record survives the death of this process
+                    part = part[_write(self._fd, part) :]
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, start)  # no torn record stays behind
+            what = f"rows of source {source}" if kind is RecordType.BATCH else "a statement"
+            raise IngestionError(
+                f"cannot log {what} to {self.file_path}: {exc.strerror or exc} "
+                f"(errno {exc.errno}); nothing of this call was applied, "
+                "everything acknowledged before it is kept",
+                code=codes.INGESTION_FAILED,
+            ) from exc
+        self._end = start + size
+        ref = RecordRef(start, kind, source)
+        self.refs.append(ref)
+        return ref
 
-    def append_ddl(self, sql: str) -> None:
+    def append_ddl(self, sql: str) -> RecordRef:
         """Log a statement that changed the catalog or a table."""
-        self._append(RecordType.DDL, "", sql.encode("utf-8"))
+        return self._append(RecordType.DDL, "", sql.encode("utf-8"))
 
-    def append_batch(self, source: str, table: pa.Table) -> None:
-        """Log rows that were shipped to the workers of `source`."""
-        self._append(RecordType.BATCH, source, memoryview(arrow_ipc.dumps(table)))
+    def append_batch(self, source: str, table: pa.Table, placement: Any = None) -> RecordRef:
+        """Log rows about to be committed to the workers of `source`."""
+        ref = self._append(RecordType.BATCH, source, memoryview(arrow_ipc.dumps(table)))
+        ref.placement = placement
+        return ref
+
+    def retract(self, ref: RecordRef) -> None:
+        """Cut the log back to before `ref` (the last record: its statement or batch failed)."""
+        self._require_open()
+        if not self.refs or self.refs[-1] is not ref:
+            raise ValueError("only the last record can be retracted")
+        os.ftruncate(self._fd, ref.offset)
+        self._end = ref.offset
+        self.refs.pop()
+
+    def read(self, refs: list[RecordRef]) -> Iterator[tuple[RecordRef, Record]]:
+        """The records at `refs`, read back from the file (checksums verified again)."""
+        self._require_open()
+        with open(self.file_path, "rb") as f:
+            for ref in refs:
+                f.seek(ref.offset)
+                header = f.read(HEADER.size)
+                _, _, name_len, payload_len, _ = HEADER.unpack(header)
+                data = header + f.read(name_len + payload_len)
+                record, _, problem = _decode_at(data, 0)
+                if record is None:
+                    raise ConnectionError(f"log {self.file_path}: {problem} at byte {ref.offset}")
+                yield ref, record
 
     def checkpoint(self) -> None:
-        """Make every appended record durable (flush + fsync)."""
+        """Make every appended record durable (fsync)."""
         self._require_open()
         self._open_for_append()
-        assert self._file is not None
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        if not self.temporary:
+            os.fsync(self._fd)
 
     def close(self) -> None:
-        """Fsync the log and release the lock; safe to call twice."""
+        """Fsync the log and release the lock (a temporary log is removed); safe to call twice."""
         if self.closed:
             return
         try:
-            if self._file is not None:
-                self._file.flush()
-                os.fsync(self._file.fileno())
-                self._file.close()
-                self._file = None
+            if self._fd >= 0:
+                if not self.temporary:
+                    os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd = -1
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = -1
+            if self.temporary:
+                shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _decode_at(data: bytes, offset: int) -> tuple[Record | None, int, str]:

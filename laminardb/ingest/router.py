@@ -58,6 +58,9 @@ class Router:
         self.split_rows = split_rows
         # Called with every table once its transaction committed (the durability log).
         self.on_ship = on_ship
+        # Called with every table once all its parts are staged, before any worker commits
+        # (the write-ahead log of laminardb/cluster/recovery.py); raising aborts everywhere.
+        self.before_commit: Callable[[str, pa.Table], None] | None = None
         self.buffers: dict[str, Buffer] = {}
         self.targets: dict[str, Target] = {}
         self.rows_sent = [0] * len(cluster.workers)
@@ -107,6 +110,8 @@ class Router:
             self._stage(
                 txn, source, {s: p for s, p in enumerate(parts) if s in involved and p is not None}
             )
+            if self.before_commit is not None:
+                self.before_commit(source, table)
             self.cluster.broadcast(lambda rid: protocol.Commit(rid, txn), involved)
         except BaseException:
             self._abort(txn, involved)
@@ -157,7 +162,9 @@ class Router:
         for shard in shards:
             if self.cluster.workers[shard].alive and not self.cluster.closed:
                 with contextlib.suppress(Exception):
-                    self.cluster.request(shard, protocol.Abort(self.cluster.new_rid(), txn))
+                    # Not waited for: a stopped worker must not stretch the failure past its
+                    # deadline; it handles the Abort after the Stage, and its reply is dropped.
+                    self.cluster.send(shard, protocol.Abort(self.cluster.new_rid(), txn))
 
 
 def _write_next(queue: list[pa.Table], view: memoryview) -> tuple[int, pa.Buffer | None]:

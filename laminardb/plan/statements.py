@@ -52,6 +52,7 @@ class StatementKind(enum.Enum):
     SHOW = "show"
     DESCRIBE = "describe"
     EXPLAIN = "explain"
+    COPY = "copy"
     OTHER = "other"
 
 
@@ -291,6 +292,8 @@ def classify(sql: str) -> Statement:
     first = tokens[0]
     if first.is_punct("(") or first.is_word("SELECT", "WITH", "VALUES"):
         return Statement(StatementKind.QUERY, text)
+    if first.is_word("COPY"):  # files in and out: laminardb/files/copy.py parses the rest
+        return Statement(StatementKind.COPY, text)
     if first.is_word("SHOW", "EXPLAIN"):
         return Statement(StatementKind[first.text.upper()], text)
     if cur.accept("DESCRIBE") or cur.accept("DESC"):

@@ -137,7 +137,56 @@ class StreamFailed(msgspec.Struct, tag=True):
     error: ErrorInfo
 
 
-Request = Execute | Query | Stage | Commit | Abort | Call | Subscribe | Unsubscribe | Shutdown
+class FileSplit(msgspec.Struct):
+    """One piece of a file to load: a byte range (CSV/NDJSON, `end` -1: to the end) or
+    Parquet row groups; `names` are the CSV header's columns when the range lacks it."""
+
+    path: str
+    start: int = 0
+    end: int = -1
+    row_groups: list[int] = []
+    names: list[str] = []
+
+
+class ReadFiles(msgspec.Struct, tag=True):
+    """Read `splits`, cast them to `schema` (Arrow IPC schema bytes) and stage them under
+    `txn`: rows this worker owns directly, others in one /dev/shm segment per owner
+    (named `prefix`...), listed in the reply for `StageSegments`."""
+
+    rid: int
+    txn: int
+    source: str
+    schema: bytes
+    keys: list[str]
+    workers: int
+    prefix: str
+    format: str
+    options: dict[str, Any]
+    splits: list[FileSplit]
+
+
+class StageSegments(msgspec.Struct, tag=True):
+    """Stage the Arrow IPC segments `names` (in /dev/shm) under `txn`, unlinking each."""
+
+    rid: int
+    txn: int
+    source: str
+    names: list[str]
+
+
+Request = (
+    Execute
+    | Query
+    | Stage
+    | Commit
+    | Abort
+    | Call
+    | Subscribe
+    | Unsubscribe
+    | Shutdown
+    | ReadFiles
+    | StageSegments
+)
 ToWorker = Request
 FromWorker = Hello | Reply
 DataMessage = PushHello | StreamBatch | StreamFailed

@@ -24,9 +24,10 @@ EXTRA_EXPORTS = {"WorkerInfo"}  # one record per worker process (`Connection.wor
 
 #: Public members ours has beyond the native class, each on purpose.
 EXTRA_MEMBERS: dict[str, set[str]] = {
-    "Connection": {"workers"},  # WorkerInfo of every worker process
+    "Connection": {"workers", "load"},  # WorkerInfo of every worker; parallel file loads
     "SourceInfo": {"partition_by"},  # the PARTITION BY key
-    "QueryResult": {"from_batches"},  # builds a result from gathered Arrow batches
+    # from_batches builds a result from gathered Arrow batches; write_* save it to files
+    "QueryResult": {"from_batches", "write_csv", "write_parquet"},
     "ExecuteResult": {"affected", "ddl", "metadata", "query"},  # constructors per result type
 }
 

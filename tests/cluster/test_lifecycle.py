@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -119,6 +120,25 @@ def test_parent_killed_workers_exit_within_two_seconds() -> None:
         if proc.stdout:
             proc.stdout.close()
     assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"laminardb-{proc.pid}-")]
+    # Its endpoint folder (kept while a cluster is open, for restarts) goes with the next open.
+    with laminardb.open(workers=1):
+        root = tempfile.gettempdir()
+        assert not [n for n in os.listdir(root) if n.startswith(f"laminardb-{proc.pid}-")]
+
+
+def test_killed_worker_of_a_persistent_database_is_restarted(tmp_path) -> None:
+    with laminardb.open(str(tmp_path / "db"), workers=2) as db:
+        db.execute("CREATE SOURCE k (id BIGINT, v DOUBLE)")
+        db.insert("k", {"id": list(range(10)), "v": [0.5] * 10})
+        db.insert("k", {"id": list(range(10, 20)), "v": [0.5] * 10})
+        db.sql("SELECT 1")
+        victim = db.workers()[1].pid
+        os.kill(victim, signal.SIGKILL)
+        # The monitor replaces it without any call being made...
+        assert wait_until(lambda: db.workers()[1].pid != victim and db.workers()[1].alive)
+        # ...with its rows: nothing lost, nothing twice.
+        assert db.sql("SELECT count(*), sum(id) FROM k").fetchall() == [(20, 190)]
+        assert db._cluster.restarts == [0, 1]
 
 
 def test_two_connections_are_independent() -> None:
@@ -130,8 +150,12 @@ def test_two_connections_are_independent() -> None:
             b.sql("SELECT count(*) FROM only_a")
 
 
-def test_thousands_of_engine_batches_never_hang_and_lose_nothing() -> None:
+def test_thousands_of_engine_batches_never_hang_and_lose_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Past the engine's 2048-batch limit, with and without a stream reading the source."""
+    # Only the explicit flushes ship, so each insert is one engine batch even on a slow machine.
+    monkeypatch.setattr("laminardb.ingest.router.FLUSH_DELAY_S", 3600.0)
     with laminardb.open(workers=1) as db:
         db.execute("CREATE SOURCE plain (x BIGINT)")
         db.execute("CREATE SOURCE watched (x BIGINT)")

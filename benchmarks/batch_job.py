@@ -1,0 +1,268 @@
+"""Batch job: load files, run two GROUP BY reports, write one result; cluster vs one native.
+
+The same files (generated once in a temp folder: one Parquet file of 1M-row groups and one
+CSV file) go through:
+  * `native`  one `laminardb_native` instance fed through pyarrow (read the file, insert);
+  * `cluster` `laminardb.open(workers=N)` with `conn.load()` (the workers read the file);
+  * `duckdb`, `polars` as outside references, when importable.
+Each job: load, `Q1` (20 groups), `Q2` (100k groups, GROUP BY the partition key), write Q2's
+result to Parquet. The clock starts at the load: opening an engine (for the cluster: starting
+its workers and letting them import their file readers with a tiny load, as this process
+has imported its own) is not timed. Answers are checked against native's before the times count. Every figure
+is also given as native time / engine time (above 1: faster than one native instance).
+
+Usage: `.venv/bin/python -m benchmarks.batch_job [--rows 2000000] [--workers 2]
+[--formats parquet,csv] [--repeat 1] [--json out.json]` (`--rows 10000000` is the issue's size).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.table import Table
+
+import laminardb
+
+COLUMNS = "id BIGINT, customer VARCHAR, region VARCHAR, amount DOUBLE, qty BIGINT"
+SCHEMA = pa.schema(
+    [
+        ("id", pa.int64()),
+        ("customer", pa.string()),
+        ("region", pa.string()),
+        ("amount", pa.float64()),
+        ("qty", pa.int64()),
+    ]
+)
+Q1 = "SELECT region, count(*) AS n, sum(amount) AS total FROM t GROUP BY region"
+Q2 = "SELECT customer, sum(amount) AS total, sum(qty) AS items FROM t GROUP BY customer"
+
+
+def generate(rows: int, folder: str) -> dict[str, str]:
+    """One Parquet and one CSV file of `rows` rows (100k customers, 20 regions)."""
+    rng = np.random.default_rng(7)
+    customers = pa.array([f"c{i:06d}" for i in range(100_000)])
+    regions = pa.array([f"region-{i:02d}" for i in range(20)])
+    table = pa.table(
+        {
+            "id": pa.array(np.arange(rows, dtype=np.int64)),
+            "customer": customers.take(pa.array(rng.integers(0, 100_000, rows))),
+            "region": regions.take(pa.array(rng.integers(0, 20, rows))),
+            "amount": pa.array(np.round(rng.random(rows) * 1000, 2)),
+            "qty": pa.array(rng.integers(1, 10, rows)),
+        },
+        schema=SCHEMA,
+    )
+    paths = {
+        "parquet": os.path.join(folder, "sales.parquet"),
+        "csv": os.path.join(folder, "sales.csv"),
+    }
+    pq.write_table(table, paths["parquet"], row_group_size=1 << 20)
+    pacsv.write_csv(table, paths["csv"])
+    for i in range(16):  # tiny files, at least one per worker, for the untimed warm-up
+        pq.write_table(table.slice(i, 1), os.path.join(folder, f"warm-{i}.parquet"))
+        pacsv.write_csv(table.slice(i, 1), os.path.join(folder, f"warm-{i}.csv"))
+    return paths
+
+
+def _read(path: str, fmt: str) -> pa.Table:
+    if fmt == "parquet":
+        return pq.read_table(path)
+    types = pacsv.ConvertOptions(column_types=SCHEMA)
+    return pacsv.read_csv(path, convert_options=types)
+
+
+class Laps:
+    """Seconds per phase of one job: load, then the rest (queries and the write)."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = now - self.last
+        self.last = now
+
+    @property
+    def total(self) -> float:
+        return self.last - self.start
+
+
+Job = Callable[[str, str, str], tuple[pa.Table, pa.Table, Laps]]
+"""(file, format, output) -> (Q1, Q2, the phases from the start of the load to the written
+file). Opening the engine (for the cluster: starting its worker processes) is not timed."""
+
+
+def native_job(path: str, fmt: str, out: str) -> tuple[pa.Table, pa.Table, Laps]:
+    import laminardb_native as native
+
+    conn = native.open(":memory:")
+    try:
+        conn.execute(f"CREATE SOURCE t ({COLUMNS})")
+        laps = Laps()
+        conn.insert("t", _read(path, fmt).combine_chunks().to_batches()[0])
+        laps.lap("load")
+        q1 = conn.sql(Q1).to_arrow()
+        q2 = conn.sql(Q2).to_arrow()
+        pq.write_table(q2, out)
+        laps.lap("report")
+        return q1, q2, laps
+    finally:
+        conn.close()
+
+
+def cluster_job(workers: int, keyed: bool) -> Job:
+    def job(path: str, fmt: str, out: str) -> tuple[pa.Table, pa.Table, Laps]:
+        with laminardb.open(":memory:", workers=workers) as conn:
+            key = " PARTITION BY (customer)" if keyed else ""
+            conn.execute(f"CREATE SOURCE t ({COLUMNS}){key}")
+            # untimed, like this process's own imports: the workers import their readers
+            conn.execute(f"CREATE SOURCE warm ({COLUMNS})")
+            conn.load("warm", os.path.join(os.path.dirname(path), f"warm-*.{fmt}"))
+            laps = Laps()
+            conn.load("t", path)
+            laps.lap("load")
+            q1 = conn.sql(Q1).to_arrow()
+            result = conn.sql(Q2)
+            result.write_parquet(out)
+            laps.lap("report")
+            return q1, result.to_arrow(), laps
+
+    return job
+
+
+def duckdb_job(path: str, fmt: str, out: str) -> tuple[pa.Table, pa.Table, Laps]:
+    import duckdb
+
+    conn = duckdb.connect()
+    try:
+        laps = Laps()
+        reader = "read_parquet" if fmt == "parquet" else "read_csv"
+        conn.execute(f"CREATE TABLE t AS SELECT * FROM {reader}('{path}')")
+        laps.lap("load")
+        q1 = conn.sql(Q1).to_arrow_table()
+        conn.execute(f"COPY ({Q2}) TO '{out}' (FORMAT parquet)")
+        laps.lap("report")
+        return q1, pq.read_table(out), laps
+    finally:
+        conn.close()
+
+
+def polars_job(path: str, fmt: str, out: str) -> tuple[pa.Table, pa.Table, Laps]:
+    import polars as pl
+
+    laps = Laps()
+    df = pl.read_parquet(path) if fmt == "parquet" else pl.read_csv(path)
+    laps.lap("load")
+    q1 = df.group_by("region").agg(pl.len().alias("n"), pl.col("amount").sum().alias("total"))
+    q2 = df.group_by("customer").agg(
+        pl.col("amount").sum().alias("total"), pl.col("qty").sum().alias("items")
+    )
+    q2.write_parquet(out)
+    laps.lap("report")
+    return q1.to_arrow(), q2.to_arrow(), laps
+
+
+def _bag(table: pa.Table) -> list[tuple[Any, ...]]:
+    rows = zip(*(c.to_pylist() for c in table.columns), strict=True)
+    return sorted(tuple(round(v, 2) if isinstance(v, float) else v for v in r) for r in rows)
+
+
+def _engines(workers: int, keyed: bool) -> dict[str, Job]:
+    engines: dict[str, Job] = {"native": native_job}
+    engines[f"cluster {workers}w" + ("" if keyed else " unkeyed")] = cluster_job(workers, keyed)
+    for name, job in (("duckdb", duckdb_job), ("polars", polars_job)):
+        try:
+            __import__(name)
+        except ImportError:
+            continue
+        engines[name] = job
+    return engines
+
+
+def run(
+    rows: int, workers: int, formats: list[str], repeat: int, keyed: bool = True
+) -> list[dict[str, Any]]:
+    """Best-of-`repeat` wall time per (format, engine), the answers checked against native;
+    the engines take turns within each round, so that a busy moment hits all of them."""
+    folder = tempfile.mkdtemp(prefix="laminardb-bench-")
+    results: list[dict[str, Any]] = []
+    try:
+        paths = generate(rows, folder)
+        for fmt in formats:
+            expected: tuple[list[Any], list[Any]] | None = None
+            best: dict[str, Laps] = {}
+            for _ in range(repeat):
+                for name, job in _engines(workers, keyed).items():
+                    out = os.path.join(folder, f"out-{name.split()[0]}.parquet")
+                    q1, q2, laps = job(paths[fmt], fmt, out)
+                    answer = (_bag(q1), _bag(q2))
+                    if expected is None:
+                        expected = answer
+                    elif answer != expected:
+                        raise AssertionError(f"{name} answered differently from native ({fmt})")
+                    if name not in best or laps.total < best[name].total:
+                        best[name] = laps
+            base = best["native"].total
+            for name, laps in best.items():
+                results.append(
+                    {
+                        "format": fmt,
+                        "engine": name,
+                        "rows": rows,
+                        "seconds": laps.total,
+                        "load_s": laps.phases["load"],
+                        "report_s": laps.phases["report"],
+                        "speedup_vs_native": base / laps.total,
+                    }
+                )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return results
+
+
+@click.command()
+@click.option("--rows", default=2_000_000, show_default=True, help="rows in each file")
+@click.option("--workers", default=2, show_default=True)
+@click.option("--formats", default="parquet,csv", show_default=True)
+@click.option("--repeat", default=1, show_default=True, help="best of this many runs")
+@click.option("--keyed/--unkeyed", default=True, show_default=True, help="PARTITION BY customer")
+@click.option("--json", "json_path", default=None, help="also write the figures here")
+def main(
+    rows: int, workers: int, formats: str, repeat: int, keyed: bool, json_path: str | None
+) -> None:
+    """Load + two GROUP BY reports + write, for native, the cluster, DuckDB and polars."""
+    chosen = [f.strip() for f in formats.split(",") if f.strip()]
+    results = run(rows, workers, chosen, repeat, keyed)
+    table = Table(title=f"batch job, {rows:,} rows, {os.cpu_count()} cores (best of {repeat})")
+    for column in ("format", "engine", "load s", "report s", "total s", "native / engine"):
+        table.add_column(column, justify="left" if column == "engine" else "right")
+    for r in results:
+        table.add_row(
+            r["format"],
+            r["engine"],
+            f"{r['load_s']:.2f}",
+            f"{r['report_s']:.2f}",
+            f"{r['seconds']:.2f}",
+            f"{r['speedup_vs_native']:.2f}x",
+        )
+    Console().print(table)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Which files a load reads, and how they are cut into one share of work per worker.
+
+A Parquet file is cut at row-group boundaries, an uncompressed CSV or NDJSON file into byte
+ranges that start and end on line boundaries (for CSV, outside quoted values, which may hold
+line breaks), a compressed file or a JSON array stays whole. Shares are balanced by rows (Parquet) or bytes,
+and each worker gets few, large pieces: the engine prefers few big batches.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import itertools
+import mmap
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from laminardb.api.errors import IngestionError, codes
+from laminardb.files.options import FileOptions, compression_of
+from laminardb.wire.protocol import FileSplit
+
+_SCAN = 1 << 16
+_QUOTE = ord('"')
+_COUNT_STEP = 16 << 20
+MIN_SPLIT_BYTES = 1 << 20
+"""A text file is cut only into pieces at least this big (smaller ones are not worth a worker)."""
+
+
+def load_error(table: str, message: str) -> IngestionError:
+    return IngestionError(
+        f"Ingestion failed ({codes.INGESTION_FAILED}): table '{table}': {message}",
+        code=codes.INGESTION_FAILED,
+    )
+
+
+def expand(pattern: str, table: str) -> list[str]:
+    """The files a path, folder or glob names, sorted; an error when there are none."""
+    if glob.has_magic(pattern):
+        paths = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+        if not paths:
+            raise load_error(table, f"no file matches {pattern!r}")
+        return paths
+    if os.path.isdir(pattern):
+        paths = sorted(
+            os.path.join(pattern, n)
+            for n in os.listdir(pattern)
+            if not n.startswith((".", "_")) and os.path.isfile(os.path.join(pattern, n))
+        )
+        if not paths:
+            raise load_error(table, f"folder {pattern!r} holds no file")
+        return paths
+    if not os.path.exists(pattern):
+        raise load_error(table, f"file not found: {pattern!r}")
+    if not os.access(pattern, os.R_OK):
+        raise load_error(table, f"file {pattern!r} is not readable")
+    return [pattern]
+
+
+def plan(paths: list[str], opts: FileOptions, workers: int, table: str) -> list[list[FileSplit]]:
+    """One list of splits per worker (some may be empty)."""
+    if opts.format == "parquet":
+        units = list(_parquet_units(paths, table))
+    else:
+        units = list(_text_units(paths, opts, workers, table))
+    return _assign(units, workers)
+
+
+def _parquet_units(paths: list[str], table: str) -> Iterator[tuple[FileSplit, int]]:
+    for path in paths:
+        try:
+            meta = pq.read_metadata(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise load_error(
+                table, f"file {path!r} is not a readable Parquet file: {exc}"
+            ) from None
+        for group in range(meta.num_row_groups):
+            yield FileSplit(path, row_groups=[group]), meta.row_group(group).num_rows
+
+
+def _text_units(
+    paths: list[str], opts: FileOptions, workers: int, table: str
+) -> Iterator[tuple[FileSplit, int]]:
+    sizes = {p: os.path.getsize(p) for p in paths}
+    target = max(MIN_SPLIT_BYTES, -(-sum(sizes.values()) // max(1, workers)))
+    for path in paths:
+        size = sizes[path]
+        names = _header(path, opts, table) if opts.format == "csv" and opts.header else []
+        if compression_of(path) is not None or (opts.format == "json" and _is_array(path)):
+            yield FileSplit(path, 0, -1, names=names), size
+            continue
+        pieces = max(1, min(workers, -(-size // target)))
+        if pieces == 1:  # whole: quoted values may then hold line breaks
+            yield FileSplit(path, 0, -1, names=names), size
+            continue
+        bounds = _line_bounds(path, size, pieces, quoted=opts.format == "csv")
+        for start, end in itertools.pairwise(bounds):
+            if end > start:
+                yield FileSplit(path, start, end, names=names), end - start
+
+
+def _assign(units: list[tuple[FileSplit, int]], workers: int) -> list[list[FileSplit]]:
+    """Largest first onto the least loaded worker; a worker's pieces of one Parquet file merge."""
+    shares: list[list[FileSplit]] = [[] for _ in range(workers)]
+    load = [0] * workers
+    if units and all(u[0].row_groups for u in units):
+        total = sum(w for _, w in units)
+        before = 0
+        for unit, weight in units:  # contiguous runs: fewer, larger reads
+            shard = min(workers - 1, before * workers // max(1, total))
+            _add_groups(shares[shard], unit)
+            load[shard] += weight
+            before += weight
+        return shares
+    for unit, weight in sorted(units, key=lambda u: -u[1]):
+        shard = load.index(min(load))
+        shares[shard].append(unit)
+        load[shard] += weight
+    return shares
+
+
+def _add_groups(share: list[FileSplit], unit: FileSplit) -> None:
+    if share and share[-1].path == unit.path:
+        share[-1].row_groups.extend(unit.row_groups)
+    else:
+        share.append(FileSplit(unit.path, row_groups=list(unit.row_groups)))
+
+
+def _line_bounds(path: str, size: int, pieces: int, quoted: bool) -> list[int]:
+    """`pieces + 1` offsets from 0 to `size`, each inner one just after a line break.
+
+    With `quoted` (CSV), a line break only counts where an even number of `"` precede it:
+    quotes inside a quoted value are doubled (RFC 4180), so an odd count means the break is
+    inside a quoted value and the cut moves on to the next line break.
+    """
+    bounds = [0]
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        data = np.frombuffer(mm, dtype=np.uint8)
+        quotes = counted = 0
+        for i in range(1, pieces):
+            pos = max(bounds[-1], size * i // pieces)
+            while True:
+                nl = mm.find(b"\n", pos)
+                if nl < 0:
+                    pos = size
+                    break
+                pos = nl + 1
+                if not quoted:
+                    break
+                quotes += _count_quotes(data, counted, pos)
+                counted = pos
+                if quotes % 2 == 0:
+                    break
+            bounds.append(pos)
+        del data  # the mapping cannot close while a view of it exists
+    bounds.append(size)
+    return bounds
+
+
+def _count_quotes(data: npt.NDArray[np.uint8], start: int, end: int) -> int:
+    total = 0
+    for lo in range(start, end, _COUNT_STEP):
+        total += int(np.count_nonzero(data[lo : min(end, lo + _COUNT_STEP)] == _QUOTE))
+    return total
+
+
+def _header(path: str, opts: FileOptions, table: str) -> list[str]:
+    """The column names of a CSV file's first line."""
+    try:
+        with pa.input_stream(path, compression="detect") as f:
+            head = b""
+            while b"\n" not in head:
+                chunk = f.read(_SCAN)
+                if not chunk:
+                    break
+                head += chunk
+    except (pa.ArrowException, OSError, EOFError) as exc:
+        raise load_error(table, f"cannot read file {path!r}: {exc}") from None
+    try:
+        line = head.split(b"\n", 1)[0].decode("utf-8-sig").rstrip("\r")
+    except UnicodeDecodeError:
+        raise load_error(table, f"file {path!r}: the CSV header is not valid UTF-8") from None
+    return next(csv.reader(io.StringIO(line), delimiter=opts.delimiter), [])
+
+
+def _is_array(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(_SCAN).lstrip()[:1] == b"["

@@ -1,0 +1,92 @@
+"""`COPY ... TO` and `QueryResult.write_*`: what is written is exactly the query's answer."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+from files_support import COLUMNS, SCHEMA, fresh, sample
+
+from laminardb import QueryError
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def source(db2: Any) -> str:
+    name = fresh("out")
+    db2.execute(f"CREATE SOURCE {name} ({COLUMNS}) PARTITION BY (device)")
+    db2.insert(name, sample(500))
+    return name
+
+
+def _bag(table: pa.Table) -> Counter[tuple[Any, ...]]:
+    return Counter(zip(*(c.to_pylist() for c in table.columns), strict=True))
+
+
+def test_copy_query_to_each_format(db2: Any, source: str, tmp_path: Path) -> None:
+    query = f"SELECT device, count(*) AS c, sum(n) AS s FROM {source} GROUP BY device"
+    expected = db2.sql(query).to_arrow()
+    out = tmp_path / "agg.parquet"
+    assert db2.execute(f"COPY ({query}) TO '{out}'").rows_affected == expected.num_rows
+    assert _bag(pq.read_table(out)) == _bag(expected)
+    assert pq.read_table(out).schema == expected.schema
+    csv_out = tmp_path / "agg.csv"
+    db2.execute(f"COPY ({query}) TO '{csv_out}' WITH (FORMAT csv, HEADER true)")
+    opts = pacsv.ConvertOptions(column_types=expected.schema, strings_can_be_null=True)
+    assert _bag(pacsv.read_csv(csv_out, convert_options=opts)) == _bag(expected)
+    json_out = tmp_path / "agg.json"
+    assert db2.sql(f"COPY ({query}) TO '{json_out}' (FORMAT json)").fetchall() == [
+        (expected.num_rows,)
+    ]
+    rows = [json.loads(line) for line in json_out.read_text().splitlines()]
+    assert Counter(tuple(r.values()) for r in rows) == _bag(expected)
+
+
+def test_copy_table_round_trip(db2: Any, source: str, tmp_path: Path) -> None:
+    out = tmp_path / "all.csv.gz"
+    assert db2.execute(f"COPY {source} TO '{out}'").rows_affected == 500
+    back = fresh("back")
+    db2.execute(f"CREATE SOURCE {back} ({COLUMNS})")
+    assert db2.execute(f"COPY {back} FROM '{out}'").rows_affected == 500
+    assert _bag(db2.sql(f"SELECT * FROM {back}").to_arrow()) == _bag(sample(500))
+
+
+def test_folder_of_parts(db2: Any, source: str, tmp_path: Path) -> None:
+    folder = tmp_path / "parts"
+    query = f"SELECT device, n FROM {source} WHERE n > 100"
+    expected = db2.sql(query).to_arrow()
+    written = db2.execute(f"COPY ({query}) TO '{folder}/'").rows_affected
+    assert written == expected.num_rows
+    parts = sorted(p.name for p in folder.iterdir())
+    assert parts == ["part-0.parquet", "part-1.parquet"]  # one per worker
+    assert _bag(pq.read_table(folder)) == _bag(expected)
+    ordered = tmp_path / "sorted"
+    db2.execute(f"COPY ({query} ORDER BY n LIMIT 1000) TO '{ordered}/'")
+    assert [p.name for p in ordered.iterdir()] == ["part-0.parquet"]  # one exact answer
+    assert pq.read_table(ordered).column("n").to_pylist() == sorted(
+        expected.column("n").to_pylist()
+    )
+
+
+def test_query_result_writers(db2: Any, source: str, tmp_path: Path) -> None:
+    result = db2.sql(f"SELECT * FROM {source}")
+    assert result.write_parquet(str(tmp_path / "r.parquet")) == 500
+    assert _bag(pq.read_table(tmp_path / "r.parquet")) == _bag(sample(500))
+    assert result.write_csv(str(tmp_path / "r.csv")) == 500
+    back = pacsv.read_csv(
+        tmp_path / "r.csv",
+        convert_options=pacsv.ConvertOptions(column_types=SCHEMA, strings_can_be_null=True),
+    )
+    assert _bag(back) == _bag(sample(500))
+
+
+def test_unwritable_path(db2: Any, source: str, tmp_path: Path) -> None:
+    with pytest.raises(QueryError, match="cannot write"):
+        db2.execute(f"COPY {source} TO '{tmp_path}/missing/dir/x.parquet'")

@@ -1,0 +1,116 @@
+"""Bad files: a clear error of the native class, nothing half-loaded, no /dev/shm leftovers,
+and the cluster still usable afterwards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from files_support import COLUMNS, fresh, sample, shm_of_ours, write
+
+from laminardb import IngestionError, QueryError, SchemaError
+from laminardb.files import splits
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(autouse=True)
+def small_splits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(splits, "MIN_SPLIT_BYTES", 1)
+
+
+@pytest.fixture
+def keyed(db2: Any) -> str:
+    """A keyed source already holding 10 rows."""
+    name = fresh("bad")
+    db2.execute(f"CREATE SOURCE {name} ({COLUMNS}) PARTITION BY (device)")
+    db2.insert(name, sample(10))
+    return name
+
+
+def _unchanged(db: Any, name: str, tmp_path: Path) -> None:
+    assert db.sql(f"SELECT count(*) FROM {name}").fetchall() == [(10,)]
+    assert not shm_of_ours()
+    assert db.load(name, write(sample(5), str(tmp_path / "ok.parquet"), "parquet")) == 5
+
+
+def test_missing_path(db2: Any, keyed: str, tmp_path: Path) -> None:
+    with pytest.raises(IngestionError, match=r"file not found.*nope\.csv"):
+        db2.load(keyed, str(tmp_path / "nope.csv"))
+    _unchanged(db2, keyed, tmp_path)
+
+
+def test_glob_matching_nothing(db2: Any, keyed: str, tmp_path: Path) -> None:
+    with pytest.raises(IngestionError, match=r"no file matches .*\*\.parquet"):
+        db2.execute(f"COPY {keyed} FROM '{tmp_path}/*.parquet'")
+    _unchanged(db2, keyed, tmp_path)
+
+
+def test_unknown_format(db2: Any, keyed: str, tmp_path: Path) -> None:
+    path = tmp_path / "rows.xlsx"
+    path.write_text("x")
+    with pytest.raises(QueryError, match="cannot tell the format"):
+        db2.load(keyed, str(path))
+    with pytest.raises(QueryError, match="unknown file format 'xml'"):
+        db2.load(keyed, str(path), format="xml")
+    with pytest.raises(QueryError, match="unknown file option 'colour'"):
+        db2.load(keyed, str(path), format="csv", colour="red")
+    _unchanged(db2, keyed, tmp_path)
+
+
+def test_unknown_source(db2: Any, tmp_path: Path) -> None:
+    path = write(sample(3), str(tmp_path / "a.csv"), "csv")
+    with pytest.raises(Exception, match="nosuch"):
+        db2.load("nosuch", path)
+
+
+def test_truncated_parquet(db2: Any, keyed: str, tmp_path: Path) -> None:
+    good = write(sample(200), str(tmp_path / "a.parquet"), "parquet")
+    data = Path(good).read_bytes()
+    (tmp_path / "b.parquet").write_bytes(data[: len(data) // 2])
+    with pytest.raises(IngestionError, match=r"b\.parquet.*not a readable Parquet"):
+        db2.load(keyed, str(tmp_path / "*.parquet"))
+    _unchanged(db2, keyed, tmp_path)
+
+
+def test_bad_csv_value_names_file_and_line(db2: Any, keyed: str, tmp_path: Path) -> None:
+    rows = sample(400)
+    path = write(rows, str(tmp_path / "a.csv"), "csv")
+    lines = Path(path).read_text().splitlines(keepends=True)
+    lines[350] = lines[350].replace(",", ",", 2).rsplit(",", 3)[0] + ",notanumber,1.0,true\n"
+    Path(path).write_text("".join(lines))
+    # the bad row is in the second worker's byte range; the first worker's part is aborted
+    with pytest.raises(SchemaError, match=r"'notanumber' at line 351.*a\.csv"):
+        db2.load(keyed, path)
+    _unchanged(db2, keyed, tmp_path)
+
+
+def test_bad_parquet_type_names_row_group(db2: Any, keyed: str, tmp_path: Path) -> None:
+    rows = sample(100).set_column(2, "n", pa.array([7] * 99 + [2**63 + 5], pa.uint64()))
+    path = write(rows, str(tmp_path / "t.parquet"), "parquet")
+    with pytest.raises(SchemaError, match=r"at row 19.*t\.parquet', row group 4\)"):
+        db2.load(keyed, path)
+    _unchanged(db2, keyed, tmp_path)
+
+
+def test_missing_column_and_malformed_json(db2: Any, keyed: str, tmp_path: Path) -> None:
+    path = write(sample(20).drop_columns(["ok"]), str(tmp_path / "m.parquet"), "parquet")
+    with pytest.raises(SchemaError, match="missing column 'ok'"):
+        db2.load(keyed, path)
+    bad = tmp_path / "j.ndjson"
+    good = write(sample(50), str(tmp_path / "g.ndjson"), "json")
+    text = Path(good).read_text().splitlines(keepends=True)
+    text[40] = '{"ts": "2024-01-01 00:00:00", "device": \n'
+    bad.write_text("".join(text))
+    with pytest.raises(IngestionError, match=r"invalid JSON at line 41.*j\.ndjson"):
+        db2.load(keyed, str(bad))
+    _unchanged(db2, keyed, tmp_path)
+
+
+def test_bad_copy_syntax(db2: Any, keyed: str) -> None:
+    with pytest.raises(QueryError, match="expected FROM or TO"):
+        db2.execute(f"COPY {keyed} INTO 'x.csv'")
+    with pytest.raises(QueryError, match="quoted path"):
+        db2.execute(f"COPY {keyed} FROM x")

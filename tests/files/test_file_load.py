@@ -1,0 +1,141 @@
+"""`load()` and `COPY ... FROM`: every format into keyed and unkeyed sources on 1-3 workers,
+compared with one native instance fed the same rows as Arrow through `insert`."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from files_support import COLUMNS, EXT, fresh, native_rows, sample, shm_of_ours, write
+
+from laminardb.files import splits
+from laminardb.ingest import partition
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(autouse=True)
+def small_splits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cut even small test files into several byte ranges (one per worker)."""
+    monkeypatch.setattr(splits, "MIN_SPLIT_BYTES", 1)
+
+
+def _create(conn: Any, keyed: bool) -> tuple[str, str]:
+    name = fresh("ld")
+    ddl = f"CREATE SOURCE {name} ({COLUMNS})"
+    conn.execute(ddl + (" PARTITION BY (device)" if keyed else ""))
+    return name, ddl
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["spread", "keyed"])
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "json"])
+def test_load_matches_native(cluster: Any, tmp_path: Path, fmt: str, keyed: bool) -> None:
+    data = [sample(700, seed=0), sample(500, seed=1000)]
+    for i, part in enumerate(data):
+        write(part, str(tmp_path / f"part{i}.{EXT[fmt]}"), fmt)
+    name, ddl = _create(cluster, keyed)
+    before = [w.rows_ingested for w in cluster.workers()]
+    assert cluster.load(name, str(tmp_path / f"part*.{EXT[fmt]}")) == 1200
+    import pyarrow as pa
+
+    everything = pa.concat_tables(data)
+    sql = f"SELECT * FROM {name}"
+    assert Counter(cluster.sql(sql).fetchall()) == Counter(native_rows(ddl, name, everything, sql))
+    agg = f"SELECT device, count(*), sum(n), min(ts) FROM {name} GROUP BY device"
+    assert Counter(cluster.sql(agg).fetchall()) == Counter(native_rows(ddl, name, everything, agg))
+    placed = [w.rows_ingested - b for w, b in zip(cluster.workers(), before, strict=True)]
+    assert sum(placed) == 1200
+    if keyed:  # each row sits on the worker that owns its key, as insert() would put it
+        owners = partition.vshards(everything, ["device"]) % np.uint16(len(placed))
+        assert placed == [int((owners == w).sum()) for w in range(len(placed))]
+    assert not shm_of_ours()
+
+
+def test_csv_options_and_compression(db2: Any, tmp_path: Path) -> None:
+    data = sample(300)
+    plain = tmp_path / "rows.txt"
+    import pyarrow.csv as pacsv
+
+    pacsv.write_csv(data, plain, pacsv.WriteOptions(include_header=False, delimiter="|"))
+    name, ddl = _create(db2, keyed=True)
+    sql = f"COPY {name} FROM '{plain}' WITH (FORMAT csv, HEADER false, DELIMITER '|')"
+    assert db2.execute(sql).rows_affected == 300
+    import gzip
+
+    zipped = tmp_path / "rows.csv.gz"
+    with open(write(data, str(tmp_path / "rows.csv"), "csv"), "rb") as f:
+        zipped.write_bytes(gzip.compress(f.read()))
+    assert db2.load(name, str(zipped)) == 300
+    import pyarrow as pa
+
+    everything = pa.concat_tables([data, data])
+    query = f"SELECT * FROM {name}"
+    assert Counter(db2.sql(query).fetchall()) == Counter(native_rows(ddl, name, everything, query))
+
+
+def test_load_after_inserts_keeps_both(db2: Any, tmp_path: Path) -> None:
+    name, _ = _create(db2, keyed=False)
+    db2.insert(name, sample(10))
+    db2.load(name, write(sample(40), str(tmp_path / "x.parquet"), "parquet"))
+    assert db2.sql(f"SELECT count(*) FROM {name}").fetchall() == [(50,)]
+    assert db2.sql(f"COPY {name} FROM '{tmp_path}/x.parquet'").fetchall() == [(40,)]
+    assert db2.sql(f"SELECT count(*) FROM {name}").fetchall() == [(90,)]
+
+
+def test_persistent_connection_keeps_loaded_rows(tmp_path: Path) -> None:
+    import laminardb
+
+    path = write(sample(100), str(tmp_path / "in.csv"), "csv")
+    db = tmp_path / "db"
+    with laminardb.open(str(db), workers=2) as conn:
+        conn.execute(f"CREATE SOURCE p ({COLUMNS}) PARTITION BY (device)")
+        assert conn.load("p", path) == 100
+    with laminardb.open(str(db), workers=2) as conn:
+        assert conn.sql("SELECT count(*) FROM p").fetchall() == [(100,)]
+
+
+def test_json_array_and_zstd(db2: Any, tmp_path: Path) -> None:
+    import json
+
+    import pyarrow as pa
+
+    data = sample(120)
+    rows = data.to_pylist()
+    for row in rows:
+        row["ts"] = row["ts"].isoformat(sep=" ")
+    (tmp_path / "a.json").write_text(json.dumps(rows[:60]))
+    with pa.output_stream(str(tmp_path / "b.ndjson.zst"), compression="zstd") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows[60:]).encode())
+    name, ddl = _create(db2, keyed=True)
+    assert db2.load(name, str(tmp_path / "a.json")) == 60
+    assert db2.load(name, str(tmp_path / "b.ndjson.zst")) == 60
+    sql = f"SELECT * FROM {name}"
+    assert Counter(db2.sql(sql).fetchall()) == Counter(native_rows(ddl, name, data, sql))
+
+
+def test_by_owner_cuts_like_partition_split() -> None:
+    import pyarrow as pa
+
+    from workers.files import by_owner
+
+    data = pa.concat_tables([sample(300), sample(200, seed=5)])  # several chunks
+    for n in (1, 2, 3):
+        ours = by_owner(data, ["device"], n)
+        theirs = partition.split(data, ["device"], n)
+        assert [t.to_pylist() for t in ours] == [t.to_pylist() for t in theirs]
+
+
+def test_csv_quoted_line_breaks_are_not_cut(cluster: Any, tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    data = sample(400)
+    notes = [f'line {i}\nnext, "quoted"\n' if i % 3 == 0 else f"plain {i}" for i in range(400)]
+    data = data.set_column(1, "device", pa.array(notes))
+    path = write(data, str(tmp_path / "multi.csv"), "csv")
+    name, ddl = _create(cluster, keyed=True)
+    assert cluster.load(name, path) == 400
+    sql = f"SELECT * FROM {name}"
+    assert Counter(cluster.sql(sql).fetchall()) == Counter(native_rows(ddl, name, data, sql))
