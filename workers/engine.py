@@ -139,7 +139,15 @@ class Engine:
         log.info("source %s compacted to one batch of %d rows", source, retained.num_rows)
 
     def watermark(self, source: str, timestamp: int) -> int:
-        """Advance the source watermark through a native writer (kept per source)."""
+        """Advance the source watermark through a native writer (kept per source).
+
+        The engine applies a watermark at once, also to batches still waiting for their
+        cycle, whose rows it would then drop as late; so the batches inserted before are
+        first left to be taken (the coordinator sets the cluster watermark this way)."""
+        if self.started and self.last_insert:
+            from workers import streams
+
+            streams.quiesce(self.conn, self.last_insert)
         writer = self.writers.get(source)
         if writer is None:
             writer = self.writers[source] = self.conn.writer(source)

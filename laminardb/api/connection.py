@@ -241,7 +241,7 @@ class Connection:
     def _accept(self, table: str, rows: pa.Table) -> int:
         relation = self._catalog.get(table)
         assert relation is not None
-        self._router.add(relation.name, rows)
+        self._streams.ingest(self._router, relation.name, rows, self._catalog)
         return int(rows.num_rows)
 
     def _flush(self, table: str | None = None) -> int:
@@ -391,9 +391,7 @@ class Connection:
         """Re-run a stream's SQL as a batch query over the retained rows (like native)."""
         with self._lock:
             self._check()
-            for stream_name, stream_sql in self._cluster.request(
-                0, protocol.Call(self._cluster.new_rid(), "streams")
-            ).value:
+            for stream_name, stream_sql in self._streams.merges.listing():
                 if stream_name == name and stream_sql:
                     sql = (
                         stream_sql
@@ -431,6 +429,7 @@ class Connection:
                 reply = self._cluster.request(0, _execute_request(self._cluster, stmt))
             else:
                 reply = ddl.apply(self._cluster, self._catalog, self._router, stmt)
+            self._streams.after_ddl(stmt, self._catalog)  # merged streams' partials
         result = _execute_result(reply)
         if stmt.kind in (StatementKind.CREATE_STREAM, StatementKind.CREATE_MATERIALIZED_VIEW):
             self._log_query(stmt.query or stmt.sql)
@@ -521,7 +520,8 @@ class Connection:
             relation = self._catalog.get(table)
             if relation is not None:
                 return relation.schema
-            return ddl.fetch_schema(self._cluster, table)  # a stream: the engine knows it
+            merged = self._streams.merges.schema_of(table)  # a stream merged across workers
+            return merged or ddl.fetch_schema(self._cluster, table)  # a stream: the engine knows
 
     def sources(self) -> list[SourceInfo]:
         with self._lock:

@@ -30,6 +30,7 @@ from laminardb.cluster.catalog import Relation
 from laminardb.cluster.supervisor import Cluster
 from laminardb.ingest import convert
 from laminardb.plan.statements import SQLGLOT_DIALECT, Statement
+from laminardb.streams.merge import is_hidden
 
 if TYPE_CHECKING:
     from laminardb.api.connection import Connection
@@ -86,7 +87,7 @@ def _worker0(conn: Connection, method: str, args: list[Any] | None = None) -> An
 
 def worker0_list(method: str) -> Callable[[Connection], list[str]]:
     def call(conn: Connection) -> list[str]:
-        return list(_worker0(conn, method))
+        return [n for n in _worker0(conn, method) if not is_hidden(str(n))]
 
     call.__name__ = method
     call.__doc__ = f"`{method}()` of the cluster (every worker holds the same catalog)."
@@ -98,7 +99,9 @@ def sinks(conn: Connection) -> list[SinkInfo]:
 
 
 def streams(conn: Connection) -> list[StreamInfo]:
-    return [StreamInfo(name, sql) for name, sql in _worker0(conn, "streams")]
+    with conn._lock:
+        conn._check()
+        return [StreamInfo(name, sql) for name, sql in conn._streams.merges.listing()]
 
 
 def topology(conn: Connection) -> PipelineTopology:
@@ -106,8 +109,11 @@ def topology(conn: Connection) -> PipelineTopology:
     nodes = []
     for name, node_type, sql in topo["nodes"]:
         relation = conn._catalog.get(name)
+        if sql is not None:  # a merged stream runs in its partial form (laminardb/streams)
+            sql = conn._streams.merges.listed(name, sql)
         nodes.append(PipelineNode(name, node_type, relation.schema if relation else None, sql))
-    return PipelineTopology(nodes, [PipelineEdge(a, b) for a, b in topo["edges"]])
+    edges = [PipelineEdge(a, b) for a, b in topo["edges"] if not (is_hidden(a) or is_hidden(b))]
+    return PipelineTopology(nodes, edges)
 
 
 def _merge_pipeline(parts: list[dict[str, Any]]) -> PipelineMetrics:
@@ -188,7 +194,7 @@ def all_source_metrics(conn: Connection) -> list[SourceMetrics]:
 
 def all_stream_metrics(conn: Connection) -> list[StreamMetrics]:
     merged = (_merge_stream(v) for v in _by_name(_calls(conn, "all_stream_metrics")).values())
-    return [m for m in merged if m is not None]
+    return [m for m in merged if m is not None and not is_hidden(m.name)]
 
 
 def stats(conn: Connection, table: str) -> dict[str, Any]:
@@ -274,6 +280,6 @@ def insert_select(conn: Connection, relation: Relation, stmt: Statement) -> Exec
             code=codes.SCHEMA_MISMATCH,
         )
     rows = convert.to_table(table.rename_columns(columns), relation.schema, table=relation.name)
-    conn._router.add(relation.name, rows)
+    conn._streams.ingest(conn._router, relation.name, rows, conn._catalog)
     conn._router.flush(relation.name)
     return ExecuteResult.affected(rows.num_rows)

@@ -13,8 +13,12 @@ worker from the receiver could deadlock. Workers are told to start forwarding a 
 stop (`Unsubscribe`) when the last subscriber leaves and the lock is free at that moment, or
 else by the next subscribing call. Until then the receiver drops batches nobody wants.
 
-A stream is served only where the union of the workers' outputs is its output (union.py, or
-a single worker); others raise `StreamError` rather than deliver per-shard partial results.
+A stream is served by union where the union of the workers' outputs is its output (union.py,
+or a single worker). A windowed aggregate that `merge.plan` can split runs on the workers in
+its partial form, merged per window here (merged.py, merge.py); that path is preferred even
+where union would do, because the coordinator then closes windows by the cluster watermark
+and a worker that gets no more rows cannot hold a window open. Others raise `StreamError`
+rather than deliver per-shard partial results. Dropping a stream ends its subscribers.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ import zmq
 from laminardb.api.errors import LaminarError, SchemaError, StreamError, SubscriptionError, codes
 from laminardb.cluster.catalog import Catalog
 from laminardb.cluster.supervisor import Cluster
-from laminardb.streams import union
+from laminardb.plan.statements import Statement
+from laminardb.streams import merged, union
 from laminardb.streams.feed import MAX_BATCHES, MAX_BYTES, Feed
 from laminardb.wire import arrow_ipc, protocol
 
@@ -62,6 +67,7 @@ class StreamHub:
         self._forwarded: set[str] = set()  # streams the workers were told to send
         self._threads: list[threading.Thread] = []  # callback threads, joined by close
         self._lost: LaminarError | None = None
+        self.merges = merged.Merges(cluster)
         self._stop = threading.Event()
         self._closed = False
         self._receiver = threading.Thread(
@@ -75,14 +81,22 @@ class StreamHub:
         """A new subscriber of stream `name`: every batch that reaches us from now on."""
         if self._lost is not None:
             raise self._lost
+        run = self.merges.runs.get(name)
+        if run is not None:
+            feed = Feed(name, self.max_batches, self.max_bytes, run.merger.output_schema)
+            with self._lock:
+                self._feeds.setdefault(name, []).append(feed)
+            return feed
         sql = self._stream_sql(name)
         # One worker holds every row: its output is the stream's, whatever the SQL.
         reason = union.why_not_union(sql, catalog) if len(self._cluster.workers) > 1 else None
         if reason is not None:
+            merge_reason = self.merges.reasons.get(name)
             raise StreamError(
-                f"stream '{name}' cannot be subscribed on a cluster yet: {reason}. Its "
-                "per-worker results would be partial; run it with workers=1, or partition "
-                "its source by the columns it groups by"
+                f"stream '{name}' cannot be subscribed on a cluster yet: {reason}"
+                + (f", and it is not merged per window: {merge_reason}" if merge_reason else "")
+                + ". Its per-worker results would be partial; run it with workers=1, or "
+                "partition its source by the columns it groups by"
             )
         feed = Feed(name, self.max_batches, self.max_bytes, self._schema(name))
         with self._lock:
@@ -111,7 +125,11 @@ class StreamHub:
         """Bring the workers' forwarding in line with who subscribes (cluster lock held)."""
         while True:
             with self._lock:
-                wanted = {name for name, feeds in self._feeds.items() if feeds}
+                wanted = {
+                    name
+                    for name, feeds in self._feeds.items()
+                    if feeds and name not in self.merges.runs
+                }
                 add = sorted(wanted - self._forwarded)
                 drop = sorted(self._forwarded - wanted)
             if not add and not drop:
@@ -144,6 +162,72 @@ class StreamHub:
             finally:
                 self._cluster.lock.release()
 
+    # -- merged streams (caller holds the cluster lock) ---------------------------------------
+
+    def after_ddl(self, stmt: Statement, catalog: Catalog) -> None:
+        """A catalog statement succeeded: keep partial streams in step; a dropped stream's
+        subscribers end (next() returns None; the native engine leaves them blocked)."""
+        for name in self.merges.after_ddl(stmt, catalog):
+            with self._lock:
+                feeds = self._feeds.pop(name, [])
+            for feed in feeds:
+                feed.end()
+        self._apply_forwarding()
+
+    def on_worker_restart(self, shard: int) -> None:
+        """Worker `shard` was restarted and rebuilt (laminardb/cluster/recovery.py): its merged
+        streams run their partial form again, open windows are given up (the partials it had
+        not sent died with it) and their subscribers told so; forwarding is switched back on."""
+        for name, run in self.merges.runs.items():
+            lost = run.merger.lose_open()
+            if lost:
+                self._fail_stream(
+                    name,
+                    SubscriptionError(
+                        f"Subscription failed (500): worker {shard} of stream '{name}' was "
+                        f"restarted; the {len(lost)} window(s) open then cannot be merged "
+                        "exactly and are not emitted; subscribe again for later windows",
+                        code=codes.SUBSCRIPTION_FAILED,
+                        shard=shard,
+                    ),
+                )
+        self.merges.restore(shard)
+        if self._lost is not None and self._lost.shard == shard:
+            self._lost = None  # the worker is back: new subscriptions are served again
+        with self._lock:
+            forwarded = sorted(self._forwarded)
+        for name in forwarded:
+            if name not in self.merges.runs:  # restore() re-subscribed the merged ones
+                self._cluster.request(shard, protocol.Subscribe(self._cluster.new_rid(), name))
+
+    def ingest(self, router: Any, source: str, rows: pa.Table, catalog: Catalog) -> None:
+        """Buffer one insert call for shipping, keeping the cluster watermark (merged.py)."""
+        for run in self.merges.ingest(router, source, rows, catalog):
+            self._deliver(run)
+
+    def cluster_watermark(self) -> int | None:
+        """The highest cluster watermark over sources with one (None before any)."""
+        marks = [
+            m for m in map(self.merges.watermark, list(self.merges.clock_names())) if m is not None
+        ]
+        return max(marks) if marks else None
+
+    def _deliver(self, run: merged.Run) -> None:
+        """Hand the windows that `run` can emit now to its subscribers, in window order."""
+        with run.merger.emit_lock:
+            table = run.merger.ready()
+            if table is None:
+                return
+            with self._lock:
+                feeds = list(self._feeds.get(run.plan.stream, ()))
+            refused = [feed for feed in feeds if not feed.put(table)]
+            if refused:
+                with self._lock:
+                    current = self._feeds.get(run.plan.stream, [])
+                    for feed in refused:
+                        if feed in current:
+                            current.remove(feed)
+
     def adopt(self, thread: threading.Thread) -> None:
         """A callback thread that `close` waits for (briefly) after ending its feed."""
         with self._lock:
@@ -162,6 +246,8 @@ class StreamHub:
                 if time.monotonic() - checked > LIVENESS_S:
                     checked = time.monotonic()
                     self._check_workers()
+                    for run in list(self.merges.runs.values()):
+                        self._deliver(run)  # windows whose partials stalled
         except Exception as exc:  # a bug here must not leave subscribers waiting for ever
             log.exception("stream receiver failed")
             self._fail_all(SubscriptionError(f"stream receiver failed: {exc}"))
@@ -170,6 +256,24 @@ class StreamHub:
 
     def _dispatch(self, frames: list[Any]) -> None:
         msg = protocol.decode_data(frames[0].buffer)
+        run = self.merges.runs.get(getattr(msg, "stream", ""))
+        if isinstance(msg, protocol.StreamBatch) and run is not None:
+            if run.timed:  # (without a watermark no window ever closes, as natively)
+                table = arrow_ipc.loads(frames[1].buffer)
+                if "__w" not in table.column_names:  # e.g. a worker restarted with the user's SQL
+                    self._fail_stream(
+                        msg.stream,
+                        SubscriptionError(
+                            f"Subscription failed (500): worker {msg.shard} no longer runs the "
+                            f"partial form of stream '{msg.stream}'; subscribe again",
+                            code=codes.SUBSCRIPTION_FAILED,
+                            shard=msg.shard,
+                        ),
+                    )
+                    return
+                run.merger.add(table)
+                self._deliver(run)
+            return
         if isinstance(msg, protocol.StreamBatch):
             with self._lock:
                 feeds = list(self._feeds.get(msg.stream, ()))
@@ -184,16 +288,23 @@ class StreamHub:
                         if feed in current:
                             current.remove(feed)
         elif isinstance(msg, protocol.StreamFailed):
+            stream = msg.stream
             error = SubscriptionError(
-                f"Subscription failed (500): stream '{msg.stream}' failed on worker "
+                f"Subscription failed (500): stream '{stream}' failed on worker "
                 f"{msg.shard}: {msg.error.kind}: {msg.error.message}",
                 code=codes.SUBSCRIPTION_FAILED,
                 shard=msg.shard,
             )
             with self._lock:
-                feeds = self._feeds.pop(msg.stream, [])
+                feeds = self._feeds.pop(stream, [])
             for feed in feeds:
                 feed.fail(error)
+
+    def _fail_stream(self, name: str, error: LaminarError) -> None:
+        with self._lock:
+            feeds = self._feeds.pop(name, [])
+        for feed in feeds:
+            feed.fail(error)
 
     def _check_workers(self) -> None:
         with self._lock:
