@@ -1,7 +1,8 @@
 """Query latency: the cluster (2 workers) against one native instance, same data, same run.
 
 Cases (issue 3): GROUP BY a non-key column with 100 and with 100,000 groups, a global
-count/sum, a top-10 by an aggregate, and a point lookup on the partition key. Each query
+count/sum, a top-10 by an aggregate, a point lookup on the partition key, and joins of `t`
+with `d` (rows/2 rows), both `PARTITION BY (id)`, that run per worker (co-partitioned). Each query
 runs `--repeat` times on each side, interleaved, after one warm-up run (which also fills the
 planner's plan and probe caches, as a repeated dashboard query would); the table shows the
 best and the median wall time in ms and their ratio cluster / native. Each answer is checked
@@ -32,9 +33,11 @@ from rich.console import Console
 from rich.table import Table
 
 import laminardb
-from laminardb.plan import distributed
+from laminardb.plan import distributed, extended
+from laminardb.plan.joinagg import JoinAggPlan
 
 DDL = "CREATE SOURCE t (id BIGINT, g100 BIGINT, g100k BIGINT, v DOUBLE)"
+DDL_D = "CREATE SOURCE d (id BIGINT, w DOUBLE)"
 
 CASES = [
     ("group by, 100 groups", "SELECT g100, count(*), sum(v) FROM t GROUP BY g100"),
@@ -45,7 +48,35 @@ CASES = [
         "SELECT g100k, sum(v) AS s FROM t GROUP BY g100k ORDER BY s DESC LIMIT 10",
     ),
     ("point lookup on key", "SELECT * FROM t WHERE id = 424242"),
+    ("join on key, filter", "SELECT t.id, t.v, d.w FROM t JOIN d ON t.id = d.id WHERE d.w > 0.999"),
+    (
+        "join on key, group by key, top-10",
+        "SELECT t.id, count(*) AS n, sum(d.w) AS s FROM t JOIN d ON t.id = d.id"
+        " GROUP BY t.id ORDER BY s DESC LIMIT 10",
+    ),
+    (
+        "join on key, group by non-key (100 groups)",
+        "SELECT t.g100, count(*), sum(d.w) FROM t JOIN d ON t.id = d.id GROUP BY t.g100",
+    ),
+    (
+        "left join on key, top-10",
+        "SELECT t.id, t.v, d.w FROM t LEFT JOIN d ON t.id = d.id ORDER BY t.v DESC LIMIT 10",
+    ),
 ]
+
+
+def side(rows: int, batch: int) -> list[pa.Table]:
+    """The join's other side: id 0..rows-1 and a uniform double `w`."""
+    rng = np.random.default_rng(11)
+    return [
+        pa.table(
+            {
+                "id": pa.array(np.arange(start, min(start + batch, rows)), pa.int64()),
+                "w": pa.array(rng.random(min(batch, rows - start))),
+            }
+        )
+        for start in range(0, rows, batch)
+    ]
 
 
 def data(rows: int, batch: int) -> list[pa.Table]:
@@ -100,9 +131,13 @@ def same(a: pa.Table, b: pa.Table, ordered: bool) -> bool:
 def partial_bytes(conn: Any, sql: str) -> tuple[int, int] | None:
     """Bytes and rows the workers send back for `sql` under its distributed plan."""
     found = distributed.cached_plan(sql, conn._catalog)
-    if found is None or found.merge_sql is None:
+    worker_sql = None if found is None or found.merge_sql is None else found.worker_sql
+    joined = extended.cached_plan(sql, conn._catalog) if found is None else None
+    if isinstance(joined, JoinAggPlan):  # two-phase over a co-partitioned join
+        worker_sql = extended.join_aggregate_plan(joined, conn._catalog)[2]
+    if worker_sql is None:
         return None
-    parts = distributed.cluster_fetch(conn._cluster)(found.worker_sql, None)
+    parts = distributed.cluster_fetch(conn._cluster)(worker_sql, None)
     return sum(p.nbytes for p in parts), sum(p.num_rows for p in parts)
 
 
@@ -122,9 +157,14 @@ def main(rows: int, big: bool, workers: int, repeat: int, json_path: str | None)
     try:
         single.execute(DDL)
         cluster.execute(DDL + " PARTITION BY (id)")
+        single.execute(DDL_D)
+        cluster.execute(DDL_D + " PARTITION BY (id)")
         for b in batches:
             single.insert("t", b)
             cluster.insert("t", b)
+        for b in side(rows // 2, 1_000_000):
+            single.insert("d", b)
+            cluster.insert("d", b)
         assert cluster.sql("SELECT count(*) FROM t").fetchall() == [(rows,)]
         for label, sql in CASES:
             expected = single.sql(sql).to_arrow()

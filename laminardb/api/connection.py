@@ -46,7 +46,7 @@ from laminardb.files import copy as files_copy
 from laminardb.files import load as files_load
 from laminardb.ingest import convert
 from laminardb.ingest.router import FLUSH_DELAY_S, SPLIT_ROWS
-from laminardb.plan import distributed, extended, gather, statements
+from laminardb.plan import distributed, gather, statements
 from laminardb.plan.statements import StatementKind
 from laminardb.streams import feed as stream_feed
 from laminardb.streams.hub import StreamHub
@@ -302,7 +302,7 @@ class Connection:
 
     def _metadata(self, sql: str) -> pa.Table:
         if " ".join(sql.upper().split()).rstrip(";") == "SHOW QUERIES":
-            return self._show_queries()
+            return observe.show_queries(list(self._queries))
         reply = self._cluster.request(0, protocol.Call(self._cluster.new_rid(), "show", [sql]))
         return arrow_ipc.loads(reply.data.buffer)
 
@@ -310,28 +310,8 @@ class Connection:
         """The distributed plan followed by the engine's own plan rows (plan_key, plan_value)."""
         with self._lock:
             self._check()
-            stmt = statements.classify(query)
-            tables = self._tables_read(stmt.sql)
-            engine_plan = gather.run(
-                f"EXPLAIN {stmt.sql}", tables, self._catalog, lambda sql, home: _empty(self, sql)
-            )
-            found = distributed.cached_plan(stmt.sql, self._catalog)
-            workers = len(self._cluster.workers)
-            ours = (
-                distributed.explain_rows(found, workers)
-                if found is not None
-                else extended.explain_rows(stmt.sql, self._catalog, workers)
-                or gather.explain_rows(stmt.sql, tables, workers)
-            )
-            keys = [k for k, _ in ours] + [str(v) for v in engine_plan.column(0).to_pylist()]
-            values = [v for _, v in ours] + [str(v) for v in engine_plan.column(1).to_pylist()]
-            schema = pa.schema(
-                [
-                    pa.field("plan_key", pa.string(), False),
-                    pa.field("plan_value", pa.string(), False),
-                ]
-            )
-            return pa.table([pa.array(keys), pa.array(values)], schema=schema)
+            self._router.flush()  # the expected bytes count the rows buffered so far
+            return observe.explain(self, query)
 
     def stream(self, sql: str) -> observe.BatchIterator:
         """The result of `sql` as an iterator of QueryResult batches (one-shot, like native)."""
@@ -498,20 +478,6 @@ class Connection:
     def active_query_count(self) -> int:
         return sum(1 for q in self._queries if q.active)
 
-    def _show_queries(self) -> pa.Table:
-        schema = pa.schema(
-            [
-                pa.field("query_id", pa.uint64(), False),
-                pa.field("sql", pa.string(), False),
-                pa.field("active", pa.bool_(), False),
-            ]
-        )
-        infos = list(self._queries)
-        return pa.table(
-            [[q.id for q in infos], [q.sql for q in infos], [q.active for q in infos]],
-            schema=schema,
-        )
-
     # -- catalog and metrics (whole cluster) ---------------------------------------------------
 
     def schema(self, table: str) -> pa.Schema:
@@ -579,13 +545,6 @@ def _execute_result(reply: Any) -> ExecuteResult:
         value["ddl_object"],
         QueryResult(table) if table is not None else None,
     )
-
-
-def _empty(conn: Connection, sql: str) -> pa.Table:
-    """Schema-only stand-in for gathered rows (EXPLAIN needs no data)."""
-    name = sql.rsplit(" ", 1)[-1].strip('"').replace('""', '"')
-    relation = conn._catalog.get(name)
-    return relation.schema.empty_table() if relation is not None else pa.table({})
 
 
 def _flush_loop(ref: weakref.ref[Connection], stop: threading.Event) -> None:

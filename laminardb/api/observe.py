@@ -18,6 +18,7 @@ from laminardb.api.catalog import (
     PipelineMetrics,
     PipelineNode,
     PipelineTopology,
+    QueryInfo,
     SinkInfo,
     SourceMetrics,
     StreamInfo,
@@ -29,6 +30,8 @@ from laminardb.api.results import ExecuteResult, QueryResult
 from laminardb.cluster.catalog import Relation
 from laminardb.cluster.supervisor import Cluster
 from laminardb.ingest import convert
+from laminardb.plan import distributed, gather, statements
+from laminardb.plan import explain as plan_explain
 from laminardb.plan.statements import SQLGLOT_DIALECT, Statement
 from laminardb.streams.merge import is_hidden
 
@@ -283,3 +286,50 @@ def insert_select(conn: Connection, relation: Relation, stmt: Statement) -> Exec
     conn._streams.ingest(conn._router, relation.name, rows, conn._catalog)
     conn._router.flush(relation.name)
     return ExecuteResult.affected(rows.num_rows)
+
+
+# -- explain and SHOW QUERIES -----------------------------------------------------------------
+
+_PLAN_SCHEMA = pa.schema(
+    [pa.field("plan_key", pa.string(), False), pa.field("plan_value", pa.string(), False)]
+)
+
+
+def explain(conn: Connection, query: str) -> pa.Table:
+    """The distributed plan (only one execution would run: checked as execution checks it)
+    followed by the engine's own plan rows; the caller holds the lock."""
+    stmt = statements.classify(query)
+    tables = conn._tables_read(stmt.sql)
+    engine_plan = gather.run(
+        f"EXPLAIN {stmt.sql}", tables, conn._catalog, lambda sql, home: _empty(conn, sql)
+    )
+    workers = len(conn._cluster.workers)
+    fetch = distributed.cluster_fetch(conn._cluster)
+    ours = plan_explain.rows(stmt.sql, conn._catalog, workers, fetch) or gather.explain_rows(
+        stmt.sql, tables, workers
+    )
+    keys = [k for k, _ in ours] + [str(v) for v in engine_plan.column(0).to_pylist()]
+    values = [v for _, v in ours] + [str(v) for v in engine_plan.column(1).to_pylist()]
+    return pa.table([pa.array(keys), pa.array(values)], schema=_PLAN_SCHEMA)
+
+
+def _empty(conn: Connection, sql: str) -> pa.Table:
+    """Schema-only stand-in for gathered rows (EXPLAIN needs no data)."""
+    name = sql.rsplit(" ", 1)[-1].strip('"').replace('""', '"')
+    relation = conn._catalog.get(name)
+    return relation.schema.empty_table() if relation is not None else pa.table({})
+
+
+def show_queries(infos: list[QueryInfo]) -> pa.Table:
+    """`SHOW QUERIES` as the native engine answers it, from the coordinator's query log."""
+    schema = pa.schema(
+        [
+            pa.field("query_id", pa.uint64(), False),
+            pa.field("sql", pa.string(), False),
+            pa.field("active", pa.bool_(), False),
+        ]
+    )
+    return pa.table(
+        [[q.id for q in infos], [q.sql for q in infos], [q.active for q in infos]],
+        schema=schema,
+    )

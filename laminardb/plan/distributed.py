@@ -61,16 +61,54 @@ def run(sql: str, catalog: Catalog, fetch: Fetch) -> pa.Table | None:
 _plans: collections.OrderedDict[str, tuple[Plan, tuple[object, ...]]] = collections.OrderedDict()
 
 
+_refused: collections.OrderedDict[str, tuple[object, ...]] = collections.OrderedDict()
+
+
+def catalog_key(catalog: Catalog) -> tuple[object, ...]:
+    """What every relation's definition is made of, cheap to build and compare (no parsing,
+    no schema printing; the schema object compares by identity first): a refusal is only
+    remembered while this is the same, since any relation can turn one into a plan."""
+    found: list[object] = []
+    for name in catalog.names():
+        r = catalog.get(name)
+        if r is not None:
+            found += (name, r.kind, r.create_sql, len(r.alters), r.partition_by, r.home, r.schema)
+    return tuple(found)
+
+
+def refused(cache: collections.OrderedDict[str, tuple[object, ...]], sql: str, key: object) -> bool:
+    """Whether `sql` was refused (no plan) under the catalog `key` before."""
+    with _lock:
+        return cache.get(sql) == key
+
+
+def remember_refusal(
+    cache: collections.OrderedDict[str, tuple[object, ...]], sql: str, key: tuple[object, ...]
+) -> None:
+    """Note that no rule planned `sql` under the catalog `key` (bounded, oldest out first)."""
+    with _lock:
+        cache[sql] = key
+        cache.move_to_end(sql)
+        while len(cache) > CACHE_SIZE:
+            cache.popitem(last=False)
+
+
 def cached_plan(sql: str, catalog: Catalog) -> Plan | None:
     """`split.plan(sql, catalog)`, remembered while the relation it reads keeps the same
-    definition (a repeated query skips parsing; a query no rule splits is not remembered)."""
+    definition (a repeated query skips parsing); a refusal is remembered while the whole
+    catalog keeps its definitions (`catalog_key`)."""
     with _lock:
         hit = _plans.get(sql)
     if hit is not None:
         relation = catalog.get(hit[0].relation)
         if relation is not None and _definition(relation) == hit[1]:
             return hit[0]
+    key = catalog_key(catalog)
+    if refused(_refused, sql, key):
+        return None
     found = split.plan(sql, catalog)
+    if found is None:
+        remember_refusal(_refused, sql, key)
     relation = None if found is None else catalog.get(found.relation)
     if found is not None and relation is not None:
         with _lock:
@@ -325,8 +363,49 @@ def cluster_fetch(cluster: Any) -> Fetch:
     return ClusterFetch(cluster)
 
 
-def explain_rows(plan: Plan, workers: int) -> list[tuple[str, str]]:
-    """The plan as (plan_key, plan_value) rows, like `gather.explain_rows`."""
+def refusal(plan: Plan, catalog: Catalog) -> str | None:
+    """Why execution would hand `plan` to the gather path before asking any worker (the
+    probe over an empty copy of its relation refuses it, cached as execution caches it),
+    or None when it would run (it can still fall back on a surprise in the workers' data)."""
+    relation = catalog.get(plan.relation)
+    if relation is None:
+        return f"relation {plan.relation} is gone"
+    try:
+        _probe(plan, relation)
+    except Fallback as exc:
+        return str(exc)
+    return None
+
+
+def routed_shards(plan: Plan, workers: int) -> list[int] | None:
+    """The workers execution asks for `plan` when the cluster has `workers` (None: all)."""
+    return _shards(plan, workers)
+
+
+def worker_schema(plan: Plan, relation: Relation) -> pa.Schema | None:
+    """The schema of the rows each worker sends back for `plan` (None: the probe refuses)."""
+    try:
+        return _probe(plan, relation).partials
+    except Fallback:
+        return None
+
+
+CHECKED_AT_RUN_TIME = (
+    "checked",
+    "at run time: the native engine must accept the query over an empty copy of its "
+    "relations with these types, else the rows are gathered",
+)
+"""The row `explain_rows` adds when nobody checked the plan against the probe."""
+
+
+def explain_rows(plan: Plan, workers: int, *, checked: bool = False) -> list[tuple[str, str]]:
+    """The plan as (plan_key, plan_value) rows, like `gather.explain_rows`; unless `checked`
+    (the caller ran `refusal` and got None), a last row says the plan is checked at run time."""
+    rows = _explain_rows(plan, workers)
+    return rows if checked else [*rows, CHECKED_AT_RUN_TIME]
+
+
+def _explain_rows(plan: Plan, workers: int) -> list[tuple[str, str]]:
     shards = _shards(plan, workers)
     asked = range(workers) if shards is None else shards
     if plan.vshards is not None and shards is not None and len(shards) == 1:

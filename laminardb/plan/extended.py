@@ -15,16 +15,19 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
 
 from laminardb.cluster.catalog import Catalog, Relation, quote
-from laminardb.plan import compound, distributed, joins
+from laminardb.plan import compound, distributed, joinagg, joins, split
 from laminardb.plan.compound import CompoundPlan
 from laminardb.plan.distributed import Fallback, Fetch, sql_type
+from laminardb.plan.joinagg import JoinAggPlan
 from laminardb.plan.joins import LocalPlan, LocalRule
 from laminardb.plan.split import PARTIALS
+from laminardb.plan.sqltext import NoLocal
 
 log = logging.getLogger("laminardb.plan")
 
@@ -46,6 +49,8 @@ def run(sql: str, catalog: Catalog, fetch: Fetch) -> pa.Table | None:
         found = cached_plan(sql, catalog)
         if isinstance(found, LocalPlan):
             return execute_local(found, catalog, fetch)
+        if isinstance(found, JoinAggPlan):
+            return execute_join_aggregate(found, catalog, fetch)
         if found is not None:
             return execute_compound(found, catalog, fetch, 0)
     except Exception as exc:
@@ -61,19 +66,22 @@ def answer(sql: str, catalog: Catalog, fetch: Fetch, depth: int) -> pa.Table:
     nested = cached_plan(sql, catalog)
     if isinstance(nested, LocalPlan):
         return execute_local(nested, catalog, fetch)
+    if isinstance(nested, JoinAggPlan):
+        return execute_join_aggregate(nested, catalog, fetch)
     if nested is not None and depth < MAX_DEPTH:
         return execute_compound(nested, catalog, fetch, depth + 1)
     raise Fallback(f"no rule plans {sql!r}")
 
 
-_plans: collections.OrderedDict[str, tuple[LocalPlan | CompoundPlan, tuple[object, ...]]] = (
-    collections.OrderedDict()
-)
+Planned = LocalPlan | CompoundPlan | JoinAggPlan
+_plans: collections.OrderedDict[str, tuple[Planned, tuple[object, ...]]] = collections.OrderedDict()
+_refused: collections.OrderedDict[str, tuple[object, ...]] = collections.OrderedDict()
 
 
-def cached_plan(sql: str, catalog: Catalog) -> LocalPlan | CompoundPlan | None:
-    """`joins.plan`, else `compound.plan`, remembered while the relations the plan reads
-    keep their definitions (planning parses the SQL: several ms a query)."""
+def cached_plan(sql: str, catalog: Catalog) -> Planned | None:
+    """`joins.plan`, else `compound.plan`, else `joinagg.plan`, remembered while the relations the plan reads
+    keep their definitions (planning parses the SQL: several ms a query); a refusal is
+    remembered while the whole catalog keeps its definitions (`distributed.catalog_key`)."""
     with _lock:
         hit = _plans.get(sql)
     if hit is not None:
@@ -81,8 +89,15 @@ def cached_plan(sql: str, catalog: Catalog) -> LocalPlan | CompoundPlan | None:
         known = [r for r in relations if r is not None]
         if len(known) == len(relations) and _definition(known) == hit[1]:
             return hit[0]
-    found: LocalPlan | CompoundPlan | None = joins.plan(sql, catalog) or compound.plan(sql, catalog)
-    if found is not None:
+    key = distributed.catalog_key(catalog)
+    if distributed.refused(_refused, sql, key):
+        return None
+    found: Planned | None = (
+        joins.plan(sql, catalog) or compound.plan(sql, catalog) or joinagg.plan(sql, catalog)
+    )
+    if found is None:
+        distributed.remember_refusal(_refused, sql, key)
+    else:
         try:
             definition = _definition(_relations(found.relations, catalog))
         except Fallback:
@@ -188,6 +203,35 @@ def execute_local(found: LocalPlan, catalog: Catalog, fetch: Fetch) -> pa.Table:
     return conform(rows, expected)
 
 
+def join_aggregate_plan(found: JoinAggPlan, catalog: Catalog) -> tuple[split.Plan, Catalog, str]:
+    """(split's plan of the outer query, the catalog of `joinagg.DERIVED`, the SQL each
+    worker runs); Fallback when the outer query has no two-phase plan."""
+    relations = _relations(found.relations, catalog)
+    inner, _ = probe(found.inner_sql, None, relations, empty=True)
+    derived = joinagg.derived(found, inner)
+    outer = distributed.cached_plan(found.outer_sql, derived)
+    if outer is None or outer.rule is not split.Rule.TWO_PHASE or outer.shards or outer.vshards:
+        raise Fallback("the outer query has no two-phase plan")
+    try:
+        return outer, derived, joinagg.worker_sql(outer.worker_sql, found)
+    except NoLocal as exc:
+        raise Fallback(str(exc)) from None
+
+
+def execute_join_aggregate(found: JoinAggPlan, catalog: Catalog, fetch: Fetch) -> pa.Table:
+    """Run a `joinagg` plan: split's two-phase plan of the outer query, each worker running
+    it over its part of the join; raises on any problem."""
+    expected, _ = probe(found.sql, None, _relations(found.relations, catalog), empty=False)
+    outer, derived, worker_sql = join_aggregate_plan(found, catalog)
+
+    def over_the_join(sql: str, shards: list[int] | None) -> Sequence[pa.Table]:
+        if sql != outer.worker_sql:
+            raise Fallback("the outer plan asked for other SQL")
+        return fetch(worker_sql, shards)
+
+    return conform(distributed.execute(outer, derived, over_the_join), expected)
+
+
 def execute_compound(found: CompoundPlan, catalog: Catalog, fetch: Fetch, depth: int) -> pa.Table:
     """Run a `compound` plan: every piece by its own plan, then the merge; raises on any
     problem (a piece no rule plans included)."""
@@ -243,6 +287,8 @@ def _explain(
     sql: str, catalog: Catalog, workers: int, prefix: str, depth: int
 ) -> list[tuple[str, str]] | None:
     found = cached_plan(sql, catalog)
+    if found is not None and _refusal(found, catalog) is not None:
+        return None  # execution would gather it: so does explain
     if isinstance(found, LocalPlan):
         local = found
         shards = range(workers) if local.shards is None else local.shards
@@ -252,6 +298,12 @@ def _explain(
             (f"{prefix}worker_sql", local.worker_sql),
             (f"{prefix}merge", local.merge_sql or "concatenate the workers' rows"),
         ]
+    if isinstance(found, JoinAggPlan):
+        outer, _, worker_sql = join_aggregate_plan(found, catalog)
+        named = dict(distributed.explain_rows(outer, workers, checked=True))
+        named["distributed_plan"] = "two-phase over a co-partitioned join"
+        named["worker_sql"] = worker_sql
+        return [(prefix + k, v) for k, v in named.items()]
     if found is None or depth >= MAX_DEPTH:
         return None
     rows = [(f"{prefix}distributed_plan", "compound")]
@@ -259,7 +311,10 @@ def _explain(
         inner = f"{prefix}{piece.name}."
         split_plan = distributed.cached_plan(piece.sql, catalog)
         if split_plan is not None:
-            rows += [(inner + k, v) for k, v in distributed.explain_rows(split_plan, workers)]
+            if distributed.refusal(split_plan, catalog) is not None:
+                return None
+            shown = distributed.explain_rows(split_plan, workers, checked=True)
+            rows += [(inner + k, v) for k, v in shown]
             continue
         nested = _explain(piece.sql, catalog, workers, inner, depth + 1)
         if nested is None:
@@ -267,3 +322,23 @@ def _explain(
         rows += nested
     rows.append((f"{prefix}merge", found.merge_sql))
     return rows
+
+
+def _refusal(found: Planned, catalog: Catalog) -> str | None:
+    """Why execution would gather `found` before asking any worker (its probe refuses it;
+    cached as execution caches it), or None when it would run it."""
+    try:
+        relations = _relations(found.relations, catalog)
+        if isinstance(found, CompoundPlan):
+            probe(found.sql, None, relations, empty=False)
+        elif isinstance(found, JoinAggPlan):
+            probe(found.sql, None, relations, empty=False)
+            outer, derived, _ = join_aggregate_plan(found, catalog)
+            reason = distributed.refusal(outer, derived)
+            if reason is not None:
+                return reason
+        elif found.rule is not LocalRule.ONE_WORKER:
+            probe(found.sql, found.worker_sql, relations, empty=True)
+    except Fallback as exc:
+        return str(exc)
+    return None

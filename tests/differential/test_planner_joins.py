@@ -17,7 +17,7 @@ import pytest
 from harness import compare_outcomes, open_single, run_query
 
 import laminardb
-from laminardb.plan import compound, distributed, extended, joins
+from laminardb.plan import compound, distributed, extended, joinagg, joins
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -114,12 +114,23 @@ PLANNED = [
     "SELECT s, avg(v) FROM a GROUP BY s UNION ALL SELECT s, avg(w) FROM b GROUP BY s",
 ]
 
+JOIN_AGGREGATES = [
+    # two-phase aggregation over a co-partitioned join not grouped by a key (joinagg)
+    "SELECT a.s, count(*) FROM a JOIN b ON a.k = b.k GROUP BY a.s",
+    "SELECT count(*), sum(w), min(a.s), max(d), avg(v) FROM a JOIN b ON a.k = b.k WHERE v > 10",
+    "SELECT b.s, avg(w) AS m FROM a LEFT JOIN b ON a.k = b.k GROUP BY b.s ORDER BY m DESC LIMIT 2",
+    "SELECT b.w % 2 AS p, count(a.s) AS n FROM a FULL JOIN b ON a.k = b.k GROUP BY b.w % 2 "
+    "HAVING count(*) > 1 ORDER BY n, p LIMIT 10",
+    "SELECT a.s, sum(v * w), count(DISTINCT b.s), bool_or(w > 250) FROM a RIGHT JOIN b "
+    "ON a.k = b.k AND a.v > 20 GROUP BY a.s",
+    "SELECT count(*), sum(b2.w) FROM a JOIN b ON a.k = b.k JOIN b AS b2 ON b2.k = a.k",
+]
+
 GATHERED = [
     "SELECT a.k, b.w, c.x FROM a JOIN b ON a.k = b.k LEFT JOIN c ON c.k = a.k",  # c: (k, s)
     "SELECT a.k, b.w FROM a JOIN b ON a.s = b.s",
     "SELECT a.k, r.v FROM a JOIN r ON a.k = r.k",
     "SELECT b.k, count(*) FROM a LEFT JOIN b ON a.k = b.k GROUP BY b.k",
-    "SELECT a.s, count(*) FROM a JOIN b ON a.k = b.k GROUP BY a.s",
     "SELECT * FROM a WHERE k NOT IN (SELECT k FROM b WHERE w > 100)",
     "SELECT * FROM a WHERE k IN (SELECT k FROM b) OR v > 50",
     "SELECT * FROM a WHERE k IN (SELECT k FROM b WHERE b.s = a.s)",
@@ -176,6 +187,16 @@ def test_planned_queries_match_native(pair: tuple[Any, Any], sql: str) -> None:
     fetch = distributed.cluster_fetch(cluster._cluster)
     with cluster._cluster.lock:  # the request channel is not thread-safe (flusher thread)
         assert extended.run(sql, catalog, fetch) is not None, f"{sql} fell back to gather"
+
+
+@pytest.mark.parametrize("sql", JOIN_AGGREGATES)
+def test_join_aggregates_match_native(pair: tuple[Any, Any], sql: str) -> None:
+    _check(pair, sql)
+    cluster = pair[1]
+    assert joinagg.plan(sql, cluster._catalog) is not None
+    fetch = distributed.cluster_fetch(cluster._cluster)
+    with cluster._cluster.lock:
+        assert extended.run(sql, cluster._catalog, fetch) is not None, f"{sql} fell back"
 
 
 @pytest.mark.parametrize("sql", GATHERED)

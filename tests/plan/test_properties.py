@@ -54,6 +54,7 @@ def _table(data: list[tuple[Any, ...]]) -> pa.Table:
 # ---------------------------------------------------------------------------- the grammar
 
 PREDICATES = ["n > 0", "g IS NOT NULL", "x < 2.5", "k IN (1, 2, 5)", "n IS NULL OR n < 3"]
+JOIN_AGGREGATES = ["count(*)", "count(q.n)", "sum(p.n)", "min(q.x)", "max(p.g)", "avg(q.n)"]
 AGGREGATES = ["count(*)", "count(n)", "sum(n)", "min(x)", "max(g)", "avg(n)", "sum(x)"]
 
 
@@ -101,7 +102,9 @@ def single_relation(draw: st.DrawFn) -> tuple[str, bool]:
 @st.composite
 def query(draw: st.DrawFn) -> tuple[str, bool]:
     """A query over `{K}` (keyed) and `{U}` (unkeyed), and whether its top level sorts."""
-    shape = draw(st.sampled_from(["single", "join", "join_group", "union", "sub", "semi"]))
+    shape = draw(
+        st.sampled_from(["single", "join", "join_group", "join_agg", "union", "sub", "semi"])
+    )
     if shape == "semi":
         inner = draw(st.sampled_from(["{K}", "{U}"]))
         pred = draw(st.sampled_from(PREDICATES))
@@ -110,6 +113,16 @@ def query(draw: st.DrawFn) -> tuple[str, bool]:
     if shape == "single":
         sql, ordered = draw(single_relation())
         return sql.replace("{R}", draw(st.sampled_from(["{K}", "{U}"]))), ordered
+    if shape == "join_agg":  # two-phase over a join not grouped by the key (joinagg)
+        kind = draw(st.sampled_from(["JOIN", "LEFT JOIN", "RIGHT JOIN", "FULL JOIN"]))
+        other = draw(st.sampled_from(["{K}", "{U}"]))
+        aggs = draw(st.lists(st.sampled_from(JOIN_AGGREGATES), min_size=1, max_size=3))
+        group = draw(st.sampled_from(["", "p.g", "q.g", "q.n % 2"]))
+        having = draw(st.sampled_from(["", " HAVING count(*) > 1"])) if group else ""
+        sql = f"SELECT {', '.join(([group] if group else []) + aggs)} FROM {{K}} AS p {kind} "
+        sql += f"{other} AS q ON p.k = q.k"
+        sql += draw(st.sampled_from(["", " WHERE p.n > 0", " WHERE q.g IS NOT NULL"]))
+        return sql + (f" GROUP BY {group}{having}" if group else ""), False
     if shape in ("join", "join_group"):
         kind = draw(st.sampled_from(["JOIN", "LEFT JOIN", "RIGHT JOIN", "FULL JOIN"]))
         other = draw(st.sampled_from(["{K}", "{U}"]))
