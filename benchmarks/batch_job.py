@@ -8,8 +8,10 @@ CSV file) go through:
 Each job: load, `Q1` (20 groups), `Q2` (100k groups, GROUP BY the partition key), write Q2's
 result to Parquet. The clock starts at the load: opening an engine (for the cluster: starting
 its workers and letting them import their file readers with a tiny load, as this process
-has imported its own) is not timed. Answers are checked against native's before the times count. Every figure
-is also given as native time / engine time (above 1: faster than one native instance).
+has imported its own) is not timed. Answers are checked against native's before the times
+count. Every figure is also given as native time / engine time (above 1: faster than one
+native instance). `cpu s` columns: CPU seconds of the phase summed over this process and its
+worker processes (the work done; wall time on a shared machine moves with others' load).
 
 Usage: `.venv/bin/python -m benchmarks.batch_job [--rows 2000000] [--workers 2]
 [--formats parquet,csv] [--repeat 1] [--json out.json]` (`--rows 10000000` is the issue's size).
@@ -27,6 +29,7 @@ from typing import Any
 
 import click
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -83,17 +86,37 @@ def _read(path: str, fmt: str) -> pa.Table:
     return pacsv.read_csv(path, convert_options=types)
 
 
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its live descendants (the cluster's
+    workers): the work a job did, which other sessions' load on a shared box does not
+    inflate the way it inflates wall time."""
+    me = psutil.Process()
+    total = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
 class Laps:
-    """Seconds per phase of one job: load, then the rest (queries and the write)."""
+    """Seconds per phase of one job: load, then the rest (queries and the write), and the
+    CPU seconds of each phase summed over every process of the engine."""
 
     def __init__(self) -> None:
+        self.cpu_start = self.cpu_last = _cpu_seconds()
         self.start = self.last = time.perf_counter()
         self.phases: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
 
     def lap(self, name: str) -> None:
         now = time.perf_counter()
+        cpu = _cpu_seconds()
         self.phases[name] = now - self.last
-        self.last = now
+        self.cpu[name] = cpu - self.cpu_last
+        self.last, self.cpu_last = now, cpu
 
     @property
     def total(self) -> float:
@@ -225,6 +248,8 @@ def run(
                         "seconds": laps.total,
                         "load_s": laps.phases["load"],
                         "report_s": laps.phases["report"],
+                        "load_cpu_s": laps.cpu["load"],
+                        "report_cpu_s": laps.cpu["report"],
                         "speedup_vs_native": base / laps.total,
                     }
                 )
@@ -247,14 +272,17 @@ def main(
     chosen = [f.strip() for f in formats.split(",") if f.strip()]
     results = run(rows, workers, chosen, repeat, keyed)
     table = Table(title=f"batch job, {rows:,} rows, {os.cpu_count()} cores (best of {repeat})")
-    for column in ("format", "engine", "load s", "report s", "total s", "native / engine"):
+    columns = ("format", "engine", "load s", "load cpu s", "report s", "report cpu s")
+    for column in (*columns, "total s", "native / engine"):
         table.add_column(column, justify="left" if column == "engine" else "right")
     for r in results:
         table.add_row(
             r["format"],
             r["engine"],
             f"{r['load_s']:.2f}",
+            f"{r['load_cpu_s']:.2f}",
             f"{r['report_s']:.2f}",
+            f"{r['report_cpu_s']:.2f}",
             f"{r['seconds']:.2f}",
             f"{r['speedup_vs_native']:.2f}x",
         )

@@ -1,4 +1,5 @@
-"""The worker's side of a file load: read splits, exchange rows by key, stage them.
+"""The worker's side of file loads and folder writes: read splits, exchange rows by key,
+stage them; write this worker's part of a `COPY (query) TO 'folder/'`.
 
 `read_files` reads this worker's splits (laminardb/files/read.py: the checks of `insert`),
 keeps the rows it owns staged under the load's transaction, and writes the rows other workers
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import time
 from typing import Any
 
 import numpy as np
@@ -21,27 +23,32 @@ import pyarrow as pa
 
 from laminardb.files.options import FileOptions
 from laminardb.files.read import read_split
+from laminardb.files.write import write_table
 from laminardb.ingest import partition
-from laminardb.wire import arrow_ipc, protocol
+from laminardb.wire import protocol
 from laminardb.wire.arena import SHM_DIR
 
 Staged = dict[int, list[tuple[str, pa.Table]]]
+_ALIGNED = pa.ipc.IpcReadOptions(ensure_alignment=pa.ipc.Alignment.At64Byte)
 
 
 def read_files(r: protocol.ReadFiles, shard: int, staged: Staged) -> dict[str, Any]:
     """Read, cast and place the rows of `r.splits`; returns rows read and segments written."""
+    clock = _Clock()
     schema = pa.ipc.read_schema(pa.py_buffer(r.schema))
     opts = FileOptions(r.format, bool(r.options["header"]), str(r.options["delimiter"]))
-    tables = [read_split(split, opts, schema, r.source) for split in r.splits]
+    threads = (os.cpu_count() or 1) > r.workers  # siblings keep the cores busy otherwise
+    tables = [read_split(split, opts, schema, r.source, threads) for split in r.splits]
     tables = [t for t in tables if t.num_rows]
+    clock.lap("read")
     if not tables:
-        return {"rows": 0, "segments": []}
+        return {"rows": 0, "segments": [], "timings": clock.laps}
     table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
     rows = int(table.num_rows)
     if not r.keys or r.workers == 1:
         staged.setdefault(r.txn, []).append((r.source, table))
-        return {"rows": rows, "segments": []}
-    parts = by_owner(table, r.keys, r.workers)
+        return {"rows": rows, "segments": [], "timings": clock.laps}
+    parts = by_owner(table, r.keys, r.workers, clock)
     segments: list[list[Any]] = []
     try:
         for dest, part in enumerate(parts):
@@ -57,17 +64,30 @@ def read_files(r: protocol.ReadFiles, shard: int, staged: Staged) -> dict[str, A
         unlink([name for _, name in segments])
         staged.pop(r.txn, None)
         raise
-    return {"rows": rows, "segments": segments}
+    clock.lap("write")
+    return {"rows": rows, "segments": segments, "timings": clock.laps}
 
 
 def stage_segments(r: protocol.StageSegments, staged: Staged) -> int:
-    """Take the rows of each segment into this worker's memory under `r.txn`, unlinking them."""
+    """Take the rows of each segment under `r.txn`, unlinking them.
+
+    The rows are not copied: the table stays over the mapping of the segment (its pages
+    live, nameless, until the commit's insert has made its own batch of them or the
+    transaction is dropped). The writer made the segment once and never touches it again.
+    The IPC stream aligns buffers to 8 bytes only, which the engine's Arrow import rejects
+    (a panic that ends the worker) for 16-byte values (decimals, month-day-nano intervals):
+    a segment holding such a column is read into freshly allocated, 64-byte aligned memory
+    (Arrow's `DataTypeSpecific` alignment does not cover decimals, tried)."""
     rows = 0
     try:
         for name in r.names:
             path = os.path.join(SHM_DIR, name)
-            with pa.memory_map(path) as mapped:
-                table = arrow_ipc.copy_out(memoryview(mapped.read_buffer()))
+            with pa.memory_map(path) as mapped:  # the table's buffers keep the pages mapped
+                reader = pa.ipc.open_stream(mapped)
+                if any(_wide(f.type) for f in reader.schema):
+                    mapped.seek(0)
+                    reader = pa.ipc.open_stream(mapped, options=_ALIGNED)
+                table = reader.read_all()
             os.unlink(path)
             staged.setdefault(r.txn, []).append((r.source, table))
             rows += table.num_rows
@@ -76,14 +96,39 @@ def stage_segments(r: protocol.StageSegments, staged: Staged) -> int:
     return rows
 
 
-def by_owner(table: pa.Table, keys: list[str], workers: int) -> list[pa.Table]:
+def write_query(r: protocol.WriteQuery, table: pa.Table) -> int:
+    """Write this worker's answer to a plain per-worker query to its part file `r.path`."""
+    opts = FileOptions(r.format, bool(r.options["header"]), str(r.options["delimiter"]))
+    return write_table(table, r.path, opts)
+
+
+def _wide(kind: pa.DataType) -> bool:
+    """Whether `kind` holds, at any depth, values wider than 8 bytes (decimals, intervals)."""
+    if pa.types.is_decimal(kind) or pa.types.is_interval(kind):
+        return True
+    if isinstance(kind, (pa.ListType, pa.LargeListType, pa.FixedSizeListType)):
+        return _wide(kind.value_type)
+    if isinstance(kind, pa.MapType):
+        return _wide(kind.key_type) or _wide(kind.item_type)
+    if isinstance(kind, pa.StructType):
+        return any(_wide(kind.field(i).type) for i in range(kind.num_fields))
+    return False
+
+
+def by_owner(
+    table: pa.Table, keys: list[str], workers: int, clock: _Clock | None = None
+) -> list[pa.Table]:
     """`table` cut by owning worker, exactly as `partition.split` cuts it (same owners, input
     order kept inside a part), but with one sort and one take instead of a take per worker
     over many chunks: the parts are slices of one reordered table."""
     owners = partition.vshards(table, keys) % np.uint16(workers)
+    if clock is not None:
+        clock.lap("hash")
     order = np.argsort(owners, kind="stable")
     counts = np.bincount(owners, minlength=workers)
-    ordered = table.combine_chunks().take(pa.array(order))
+    ordered = table.take(pa.array(order))
+    if clock is not None:
+        clock.lap("reorder")
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     return [ordered.slice(int(s), int(c)) for s, c in zip(starts, counts, strict=True)]
 
@@ -94,6 +139,19 @@ def _write_segment(name: str, table: pa.Table) -> None:
     os.close(fd)
     with pa.OSFile(path, "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
+
+
+class _Clock:
+    """Seconds per step of one request, for the coordinator's DEBUG log of a load."""
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self.last, 4)
+        self.last = now
 
 
 def unlink(names: list[str]) -> None:

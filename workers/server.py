@@ -157,9 +157,11 @@ class Server:
             return None, None
         if isinstance(r, protocol.Shutdown):
             return None, None
-        if isinstance(r, (protocol.ReadFiles, protocol.StageSegments)):
+        if isinstance(r, (protocol.ReadFiles, protocol.StageSegments, protocol.WriteQuery)):
             from workers import files  # file loads: laminardb/files, workers/files.py
 
+            if isinstance(r, protocol.WriteQuery):
+                return files.write_query(r, engine.query(r.sql)), None
             if isinstance(r, protocol.ReadFiles):
                 return files.read_files(r, self.spec.shard, self.staged), None
             return files.stage_segments(r, self.staged), None

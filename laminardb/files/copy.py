@@ -11,19 +11,21 @@ PostgreSQL. `COPY ... FROM` runs `Connection.load`; `COPY ... TO` runs the query
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from laminardb.api.errors import QueryError, codes
+from laminardb.api.errors import LaminarError, QueryError, codes
 from laminardb.api.results import ExecuteResult, QueryResult
 from laminardb.cluster.catalog import quote
 from laminardb.files import load, write
-from laminardb.files.options import resolve
+from laminardb.files.options import FileOptions, resolve
 from laminardb.plan import statements
 from laminardb.plan.statements import Token
-from laminardb.wire import arrow_ipc, protocol
+from laminardb.wire import protocol
 
 if TYPE_CHECKING:
     from laminardb.api.connection import Connection
@@ -82,9 +84,9 @@ def run(conn: Connection, stmt: statements.Statement) -> ExecuteResult:
     folder = write.is_folder(copy.path)
     opts = resolve(copy.path if not folder else f"x.{fmt or 'parquet'}", fmt, options)
     if folder:
-        source = write.per_worker_source(sql, conn._catalog)
-        parts = _per_worker(conn, sql) if source is not None else [conn._run_query(sql)]
-        return ExecuteResult.affected(write.write_parts(parts, copy.path, opts))
+        if write.per_worker_source(sql, conn._catalog) is not None:
+            return ExecuteResult.affected(_write_per_worker(conn, sql, copy.path, opts))
+        return ExecuteResult.affected(write.write_parts([conn._run_query(sql)], copy.path, opts))
     return ExecuteResult.affected(write.write_table(conn._run_query(sql), copy.path, opts))
 
 
@@ -94,13 +96,33 @@ def run_sql(conn: Connection, stmt: statements.Statement) -> QueryResult:
     return QueryResult(pa.table({"Count": pa.array([rows], pa.int64())}))
 
 
-def _per_worker(conn: Connection, sql: str) -> list[pa.Table]:
-    """Each worker's answer to a plain per-worker query (their union is the exact answer)."""
+def _write_per_worker(conn: Connection, sql: str, folder: str, opts: FileOptions) -> int:
+    """Each worker writes its answer to a plain per-worker query (their union is the exact
+    answer) to its own part file; the rows written. When one fails, every part is removed."""
     conn._router.flush()
+    write.make_folder(folder)
     cluster = conn._cluster
-    replies = cluster.broadcast(lambda rid: protocol.Query(rid, sql))
+    paths = [write.part_path(folder, i, opts) for i in range(len(cluster.workers))]
+    pending: dict[int, int] = {}
+    try:
+        try:
+            for shard, path in enumerate(paths):
+                rid = cluster.new_rid()
+                request = protocol.WriteQuery(rid, sql, path, opts.format, opts.to_wire())
+                cluster.send(shard, request)
+                pending[rid] = shard
+        except BaseException:
+            with contextlib.suppress(LaminarError):  # let those sent finish first
+                cluster.collect(pending)
+            raise
+        replies = cluster.collect(pending)  # raises only once every reply is in
+    except BaseException:
+        for path in paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        raise
     conn._log_query(sql)
-    return [arrow_ipc.loads(r.data.buffer) for r in replies]
+    return sum(int(r.value) for r in replies.values())
 
 
 def _options(tokens: list[Token], sql: str) -> dict[str, Any]:

@@ -75,6 +75,8 @@ def load(conn: Connection, table: str, path: str, fmt: str | None, options: dict
                 pending[rid] = shard
         read = cluster.collect(pending)
         began = _phase("read", txn, began)
+        for reply in read.values():
+            log.debug("load txn %d: worker %d %s", txn, reply.shard, reply.value.get("timings"))
         rows = sum(int(r.value["rows"]) for r in read.values())
         by_dest: dict[int, list[str]] = {}
         for reply in read.values():

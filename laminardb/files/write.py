@@ -3,7 +3,9 @@
 A path that ends with a slash, or names an existing folder, is a folder: when the query is a
 plain per-worker projection/filter of one sharded source (no aggregate, sort, limit,
 distinct, window, join or subquery: its answer is exactly the union of every worker's
-answer), each worker's rows go to their own `part-<shard>.<ext>`; any other query writes its
+answer), each worker writes its own rows to its own `part-<shard>.<ext>` (request
+`WriteQuery`, workers/files.py: the rows never pass through the coordinator); any other
+query writes its
 one exact result to `part-0.<ext>`. Otherwise one file is written, compressed when its name
 ends in .gz/.zst/.bz2 (CSV and JSON).
 """
@@ -70,6 +72,12 @@ def write_result(table: pa.Table, path: str, fmt: str, **options: Any) -> int:
 
 def write_parts(parts: list[pa.Table], folder: str, opts: FileOptions) -> int:
     """Write one `part-<i>` file per table into `folder` (created if needed)."""
+    make_folder(folder)
+    return sum(write_table(part, part_path(folder, i, opts), opts) for i, part in enumerate(parts))
+
+
+def make_folder(folder: str) -> None:
+    """Create `folder` (and its parents) if needed; a QueryError naming it when that fails."""
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as exc:
@@ -77,11 +85,11 @@ def write_parts(parts: list[pa.Table], folder: str, opts: FileOptions) -> int:
             f"Query failed ({codes.QUERY_FAILED}): cannot create folder {folder!r}: {exc}",
             code=codes.QUERY_FAILED,
         ) from None
-    ext = EXTENSIONS[opts.format]
-    return sum(
-        write_table(part, os.path.join(folder, f"part-{i}.{ext}"), opts)
-        for i, part in enumerate(parts)
-    )
+
+
+def part_path(folder: str, part: int, opts: FileOptions) -> str:
+    """The file of part `part` (a worker's shard) in `folder`: `part-<part>.<ext>`."""
+    return os.path.join(os.path.abspath(folder), f"part-{part}.{EXTENSIONS[opts.format]}")
 
 
 def per_worker_source(sql: str, catalog: Catalog) -> str | None:

@@ -174,6 +174,17 @@ class StageSegments(msgspec.Struct, tag=True):
     names: list[str]
 
 
+class WriteQuery(msgspec.Struct, tag=True):
+    """Run `sql` (a plain projection/filter of one sharded source) and write this worker's
+    rows to the file `path` in `format` (`options`: header, delimiter); replies the row count."""
+
+    rid: int
+    sql: str
+    path: str
+    format: str
+    options: dict[str, Any]
+
+
 Request = (
     Execute
     | Query
@@ -186,6 +197,7 @@ Request = (
     | Shutdown
     | ReadFiles
     | StageSegments
+    | WriteQuery
 )
 ToWorker = Request
 FromWorker = Hello | Reply

@@ -11,9 +11,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
-from files_support import COLUMNS, SCHEMA, fresh, sample
+from files_support import COLUMNS, SCHEMA, fresh, native_rows, sample
 
 from laminardb import QueryError
+from laminardb.files.write import EXTENSIONS
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -90,3 +91,33 @@ def test_query_result_writers(db2: Any, source: str, tmp_path: Path) -> None:
 def test_unwritable_path(db2: Any, source: str, tmp_path: Path) -> None:
     with pytest.raises(QueryError, match="cannot write"):
         db2.execute(f"COPY {source} TO '{tmp_path}/missing/dir/x.parquet'")
+
+
+def test_workers_write_their_parts_in_each_format(db2: Any, source: str, tmp_path: Path) -> None:
+    """Each worker writes its own part (WriteQuery); the parts together are the exact answer,
+    the same rows one native instance answers."""
+    query = f"SELECT device, n, n * 2 AS twice FROM {source} WHERE n % 3 = 0"
+    expected = native_rows(f"CREATE SOURCE {source} ({COLUMNS})", source, sample(500), query)
+    nullable = pacsv.ConvertOptions(strings_can_be_null=True)
+    for fmt, read in (
+        ("csv", lambda p: pacsv.read_csv(p, convert_options=nullable).to_pylist()),
+        ("json", lambda p: [json.loads(line) for line in p.read_text().splitlines()]),
+        ("parquet", lambda p: pq.read_table(p).to_pylist()),
+    ):
+        folder = tmp_path / fmt
+        written = db2.execute(f"COPY ({query}) TO '{folder}/' (FORMAT {fmt})").rows_affected
+        assert written == len(expected)
+        files = sorted(folder.iterdir())
+        assert [p.name for p in files] == [f"part-{i}.{EXTENSIONS[fmt]}" for i in range(2)]
+        rows = [tuple(r.values()) for p in files for r in read(p)]
+        assert Counter(rows) == Counter(expected), fmt
+
+
+def test_failed_part_leaves_no_parts(db2: Any, source: str, tmp_path: Path) -> None:
+    """One worker cannot write its part: a QueryError naming it, and no part file is left."""
+    folder = tmp_path / "half"
+    (folder / "part-1.parquet").mkdir(parents=True)  # worker 1's file cannot be created
+    with pytest.raises(QueryError, match=r"cannot write.*part-1\.parquet"):
+        db2.execute(f"COPY (SELECT * FROM {source}) TO '{folder}/'")
+    assert not (folder / "part-0.parquet").exists()
+    assert db2.execute(f"COPY (SELECT * FROM {source}) TO '{tmp_path}/ok/'").rows_affected == 500

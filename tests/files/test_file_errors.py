@@ -8,10 +8,13 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from files_support import COLUMNS, fresh, sample, shm_of_ours, write
+from files_support import COLUMNS, SCHEMA, fresh, sample, shm_of_ours, write
 
 from laminardb import IngestionError, QueryError, SchemaError
 from laminardb.files import splits
+from laminardb.files.options import resolve
+from laminardb.files.read import read_split
+from laminardb.wire.protocol import FileSplit
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -114,3 +117,19 @@ def test_bad_copy_syntax(db2: Any, keyed: str) -> None:
         db2.execute(f"COPY {keyed} INTO 'x.csv'")
     with pytest.raises(QueryError, match="quoted path"):
         db2.execute(f"COPY {keyed} FROM x")
+
+
+@pytest.mark.parametrize("threads", [True, False])
+def test_bad_csv_value_located_either_reader(threads: bool, tmp_path: Path) -> None:
+    """Threaded and single-threaded CSV parsing word their errors differently; both name
+    the column's value and its line (a worker parses single-threaded when its load has
+    as many workers as there are cores)."""
+    path = write(sample(300), str(tmp_path / "b.csv"), "csv")
+    lines = Path(path).read_text().splitlines(keepends=True)
+    lines[200] = lines[200].rsplit(",", 3)[0] + ",notanumber,1.0,true\n"
+    Path(path).write_text("".join(lines))
+    opts = resolve(path, None, {})
+    good = read_split(FileSplit(path, 0, len(lines[0])), opts, SCHEMA, "t", threads)
+    assert good.num_rows == 0
+    with pytest.raises(SchemaError, match=r"'notanumber' at line 201.*b\.csv"):
+        read_split(FileSplit(path), opts, SCHEMA, "t", threads)
