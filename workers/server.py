@@ -56,10 +56,9 @@ def run(spec: WorkerSpec) -> None:
     if spec.cpu is not None and hasattr(os, "sched_setaffinity"):
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, {spec.cpu})
-    logging.basicConfig(
-        level=spec.log_level,
-        format=f"%(asctime)s worker[{spec.shard}] %(levelname)s %(name)s: %(message)s",
-    )
+    from laminardb.service import logs
+
+    logs.configure(spec.shard, spec.log_level)  # every record carries `shard`
     _watch_parent(spec.parent_pid)
     from workers.engine import Engine  # loads the native engine only in the worker
 
