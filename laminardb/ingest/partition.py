@@ -56,6 +56,9 @@ _SAMPLE = 4096
 _FEW = 256
 """String-like columns of at most this many rows are hashed row by row without sampling."""
 
+_COMBINE_BYTES = 64 << 20
+"""A string-like column in small chunks below this size is made one chunk before hashing."""
+
 
 def _each_value(values: pa.Array) -> U64:
     """xxh3_64 of every value of a string-like array, NULL slots included (masked later).
@@ -90,8 +93,12 @@ def _varlen(arr: pa.ChunkedArray) -> U64:
     n = len(arr)
     if n <= _FEW:
         return _concat([_each_value(chunk) for chunk in arr.chunks], n)
-    sample = arr.take(np.arange(0, n, max(1, n // _SAMPLE)))
-    if pc.count_distinct(sample).as_py() * 4 > len(sample) or _short_and_even(sample):
+    if arr.num_chunks > 1 and n < arr.num_chunks * _SAMPLE and arr.nbytes < _COMBINE_BYTES:
+        arr = pa.chunked_array([arr.combine_chunks()])  # many small chunks: one numpy pass
+    step = n // _SAMPLE
+    sample = arr.take(np.arange(0, n, step)) if step > 1 else arr  # every row: no copy
+    # The cheap test first: counting distinct values costs more than the length check.
+    if _short_and_even(sample) or pc.count_distinct(sample).as_py() * 4 > len(sample):
         return _concat([_each_value(chunk) for chunk in arr.chunks], n)
     encoded = pc.dictionary_encode(arr)
     table = _each_value(encoded.chunk(0).dictionary)
@@ -222,6 +229,8 @@ def split(table: pa.Table, keys: Sequence[str], n_workers: int) -> list[pa.Table
     workers = vshards(table, keys) % np.uint16(n_workers)
     if n_workers == 1:
         return [table]
+    if table.column(0).num_chunks > 1 and table.nbytes < _COMBINE_BYTES:
+        table = table.combine_chunks()  # `take` costs per chunk
     return [table.take(np.flatnonzero(workers == w)) for w in range(n_workers)]
 
 

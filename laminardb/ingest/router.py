@@ -77,12 +77,14 @@ class Router:
         """Buffer `table` (already cast to the source schema); ship when the buffer is big."""
         if table.num_rows == 0:
             return
-        buf = self.buffers.setdefault(source, Buffer())
+        buf = self.buffers.get(source)
+        if buf is None:
+            buf = self.buffers[source] = Buffer()
         if not buf.tables:
             buf.since = time.monotonic()
         buf.tables.append(table)
         buf.rows += table.num_rows
-        buf.nbytes += table.nbytes
+        buf.nbytes += _size(table)
         if buf.rows >= FLUSH_ROWS or buf.nbytes >= FLUSH_BYTES:
             self.flush(source)
 
@@ -97,7 +99,11 @@ class Router:
             buf = self.buffers.pop(name, None)
             if buf is None or not buf.tables:
                 continue
-            table = pa.concat_tables(buf.tables) if len(buf.tables) > 1 else buf.tables[0]
+            table = buf.tables[0]
+            if len(buf.tables) > 1:
+                # One chunk: hashing, `take` and the IPC write each cost per chunk, and a
+                # flush gathers hundreds of small inserts.
+                table = pa.concat_tables(buf.tables).combine_chunks()
             shipped += self.ship(name, table)
         return shipped
 
@@ -165,6 +171,18 @@ class Router:
                     # Not waited for: a stopped worker must not stretch the failure past its
                     # deadline; it handles the Abort after the Stage, and its reply is dropped.
                     self.cluster.send(shard, protocol.Abort(self.cluster.new_rid(), txn))
+
+
+def _size(table: pa.Table) -> int:
+    """About `table.nbytes`: its buffers' total size when small (for a table that is no
+    slice, `nbytes` plus a few bytes of padding, and 30x cheaper than `nbytes`, which a
+    100-row insert notices), else `nbytes` (a small slice of a big table must not count the
+    whole table's buffers)."""
+    total = int(table.get_total_buffer_size())
+    return total if total <= _EXACT_ABOVE else int(table.nbytes)
+
+
+_EXACT_ABOVE = 1 << 20
 
 
 def _write_next(queue: list[pa.Table], view: memoryview) -> tuple[int, pa.Buffer | None]:

@@ -354,6 +354,13 @@ def test_csv_empty_fields_are_null_and_the_text_null_is_not_like_native() -> Non
     assert conn.query(QUERY).to_arrow().column("device").to_pylist() == [None, "NULL"]
 
 
+def test_csv_bad_value_after_an_empty_field_blames_the_bad_value() -> None:
+    """An empty field is NULL, so the row to blame is the first one that cannot be parsed."""
+    schema = pa.schema([("a", pa.int64()), ("b", pa.string())])
+    with pytest.raises(SchemaError, match=r"column 'a' \(BIGINT\) cannot take 'bad' at row 2"):
+        from_csv("a,b\n1,x\n,y\nbad,z\n", schema, table=TABLE)
+
+
 @pytest.mark.parametrize("text", ["", "ts,device,value,n,t,d,b\n"])
 def test_empty_csv_inserts_nothing(text: str) -> None:
     assert _native().insert_csv("s", text) == 0

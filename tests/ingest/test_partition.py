@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import xxhash
 from hypothesis import given, settings
@@ -244,13 +245,13 @@ def test_string_keys_of_many_rows(distinct: int, shape: str) -> None:
 
 def test_dictionary_encoding_is_used_only_when_it_pays(monkeypatch: pytest.MonkeyPatch) -> None:
     encoded: list[int] = []
-    real = partition.pc.dictionary_encode
+    real = pc.dictionary_encode
 
     def spy(arr: Any, *args: Any, **kwargs: Any) -> Any:
         encoded.append(len(arr))
         return real(arr, *args, **kwargs)
 
-    monkeypatch.setattr(partition.pc, "dictionary_encode", spy)
+    monkeypatch.setattr(pc, "dictionary_encode", spy)  # the module partition uses
     few_even = [f"device-{i % 50:06d}" for i in range(10_000)]
     few_long = [f"user-{i % 50}@example.com" for i in range(10_000)]
     many = [f"user-{i}@example.com" for i in range(10_000)]
@@ -369,6 +370,23 @@ def test_split_matches_vshards_and_keeps_row_order() -> None:
     assert split(table, ["k"], 1)[0].equals(table)
     with pytest.raises(ValueError):
         split(table, ["k"], 0)
+
+
+@pytest.mark.parametrize("distinct", [3, 5000])
+@pytest.mark.parametrize("chunk_rows", [1, 100, 4096])
+def test_many_small_chunks_route_like_one_chunk(distinct: int, chunk_rows: int) -> None:
+    """A flush of many small inserts (many chunks, each under the one-by-one threshold)
+    hashes and splits exactly like the same rows in one chunk."""
+    rows = 9000
+    keys = [f"k{i % distinct}" + "x" * (i % 3) for i in range(rows)]
+    one = pa.table({"k": keys, "pos": list(range(rows))})
+    chunks = [one.slice(i, chunk_rows) for i in range(0, rows, chunk_rows)]
+    many = pa.concat_tables(chunks)
+    assert many.column("k").num_chunks == len(chunks)
+    expected = xxh3.digests([k.encode() for k in keys], rows)
+    assert np.array_equal(key_digests(many, ["k"])[0], expected)
+    for got, want in zip(split(many, ["k"], 3), split(one, ["k"], 3), strict=True):
+        assert got.equals(want)
 
 
 def test_split_can_give_empty_parts() -> None:

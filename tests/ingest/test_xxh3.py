@@ -41,7 +41,7 @@ def packed(values: list[bytes], prefix: bytes = b"") -> tuple[np.ndarray, np.nda
 
 def binary(values: list[bytes], prefix: bytes = b"") -> list[int]:
     offsets, data = packed(values, prefix)
-    return xxh3_binary(offsets, data).tolist()
+    return [int(h) for h in xxh3_binary(offsets, data)]
 
 
 # ------------------------------------------------------------------------- fixed widths
