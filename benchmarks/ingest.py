@@ -6,7 +6,8 @@ Usage: `.venv/bin/python -m benchmarks.ingest [--rows N] [--workers 2] [--json o
 
 The cost of durability is measured in the same run: each case also runs on a cluster opened
 with a path (every batch written to the log before it is committed), and its rate is
-reported against the same cluster without a path and against one native instance.
+reported against the same cluster without a path and against one native instance; and again
+with durability "sync" (every insert shipped, logged and fsynced before it returns).
 """
 
 from __future__ import annotations
@@ -85,13 +86,20 @@ def measure(make: Callable[[], Any], ddl: str, batches: list[Any], repeat: int) 
     return statistics.median(rates)
 
 
-def measure_with_path(workers: int, ddl: str, batches: list[Any], repeat: int) -> float:
+def open_logged(db: str, workers: int, durability: str) -> Any:
+    """A cluster persisting to `db`; durability "sync": every insert fsynced before it returns."""
+    return laminardb.open(db, workers=workers, durability=durability)
+
+
+def measure_with_path(
+    workers: int, ddl: str, batches: list[Any], repeat: int, durability: str = "buffered"
+) -> float:
     """Like `measure`, on a cluster persisting to a fresh folder each run (removed after)."""
     rates = []
     for _ in range(repeat):
         folder = tempfile.mkdtemp(prefix="bench-ingest-")
         try:
-            conn = laminardb.open(f"{folder}/db", workers=workers)
+            conn = open_logged(f"{folder}/db", workers, durability)
             try:
                 rates.append(run_case(conn, ddl, batches))
             finally:
@@ -136,8 +144,14 @@ def main(
         if durability:
             keyed = DDL + " PARTITION BY (device)"
             logged = measure_with_path(workers, keyed, batches, repeat)
+            synced = measure_with_path(workers, keyed, batches, repeat, "sync")
             result.update(
-                path_rows_s=logged, path_ratio=logged / native, path_vs_memory=logged / ours
+                path_rows_s=logged,
+                path_ratio=logged / native,
+                path_vs_memory=logged / ours,
+                sync_rows_s=synced,
+                sync_vs_memory=synced / ours,
+                sync_ratio=synced / native,
             )
         results.append(result)
     table = Table(
@@ -155,7 +169,8 @@ def main(
     Console().print(table)
     if durability:
         cost = Table(title=f"Cost of durability: the same cluster with a path (median of {repeat})")
-        for col in ("case", "no path rows/s", "path rows/s", "path / no path", "path / native"):
+        cols = ("case", "no path rows/s", "path rows/s", "path / no path", "path / native")
+        for col in (*cols, "sync rows/s", "sync / no path", "sync / native"):
             cost.add_column(col, justify="right")
         for r in results:
             cost.add_row(
@@ -164,6 +179,9 @@ def main(
                 f"{r['path_rows_s']:,.0f}",
                 f"{r['path_vs_memory']:.2f}x",
                 f"{r['path_ratio']:.3f}x",
+                f"{r['sync_rows_s']:,.0f}",
+                f"{r['sync_vs_memory']:.2f}x",
+                f"{r['sync_ratio']:.3f}x",
             )
         Console().print(cost)
     if json_path:

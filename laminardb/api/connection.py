@@ -41,7 +41,7 @@ from laminardb.cluster import ddl
 from laminardb.cluster.catalog import Catalog, quote
 from laminardb.cluster.recovery import RecoveringRouter, Recovery, resubscribe
 from laminardb.cluster.supervisor import Cluster, ClusterOptions
-from laminardb.durability.log import Log, is_persistent
+from laminardb.durability.log import Log, check_durability, is_persistent
 from laminardb.files import copy as files_copy
 from laminardb.files import load as files_load
 from laminardb.ingest import convert
@@ -81,7 +81,9 @@ class Connection:
     `subscription_bytes`, how much one stream subscriber may leave unread before it fails
     with `SubscriptionError` (the bound that keeps a slow subscriber from using unbounded
     memory); `recovery`, for `:memory:`, keeps a private temporary log so that a worker that
-    dies is restarted and rebuilt as with a path (laminardb/cluster/recovery.py).
+    dies is restarted and rebuilt as with a path (laminardb/cluster/recovery.py);
+    `durability="sync"` (with a log) makes `insert()` return only once its rows are logged,
+    fsynced and committed, instead of within 10 ms of it (the default, "buffered").
     """
 
     def __init__(
@@ -96,11 +98,17 @@ class Connection:
         subscription_batches: int = stream_feed.MAX_BATCHES,
         subscription_bytes: int = stream_feed.MAX_BYTES,
         recovery: bool = False,
+        durability: str = "buffered",
     ):
         self.path = path
         self.config = config or LaminarConfig()
         # Locked before workers start; recovery=True: a private log to rebuild dead workers.
+        mode = check_durability(durability)
+        if mode != "buffered" and not (is_persistent(path) or recovery):
+            raise ValueError(f'durability="{mode}" needs a path (or recovery=True)')
         self._durable = Log(path) if is_persistent(path) else (Log.private() if recovery else None)
+        if self._durable is not None:
+            self._durable.durability = mode
         self._logging = False  # set once the log is replayed: from then on, log changes
         options = ClusterOptions(
             workers=workers, arena_bytes=arena_bytes, request_timeout_s=request_timeout_s

@@ -66,7 +66,8 @@ class Writer:
         with self._conn._lock:
             self._conn._check()
             self._conn._flush(self._name)
-            marks = self._conn._broadcast_call("watermark", [self._name, int(timestamp)])
+            with self._conn._recovery.watermark(self._name, int(timestamp)):  # logged first
+                marks = self._conn._broadcast_call("watermark", [self._name, int(timestamp)])
             self._watermark = max([self._watermark, *marks])
 
     def close(self) -> None:

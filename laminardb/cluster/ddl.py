@@ -1,8 +1,16 @@
 """Applies a statement to every worker so that it succeeds everywhere or nowhere.
 
 Worker catalogs are identical, so a statement runs on worker 0 first: if it fails there it
-fails with the engine's own error and nothing else is touched; if it then fails on another
-worker (which can only be an outage) it is undone where it succeeded.
+fails with the engine's own error and nothing else is touched (a statement that was logged is
+taken back out of the log). If it then fails on another worker, that can only be an outage:
+
+* with a log (a path, or `recovery=True`), the statement was logged before it ran, so it is
+  kept as applied: a worker that died is restarted and replays it from the log, the live
+  ones applied it already, and a silent (stopped) one applies it from its queue when it
+  resumes. Every kind of statement (DROP and ALTER included) thus ends up applied on every
+  worker, and the catalogs agree;
+* without a log, what the statement created is undone where it succeeded (best effort: a
+  DROP or ALTER cannot be undone, and a dead worker's rows are lost anyway).
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from laminardb.api.errors import LaminarError, SchemaError, codes
+from laminardb.api.errors import ConnectionError, LaminarError, SchemaError, codes
 from laminardb.cluster.catalog import Catalog, Relation
 from laminardb.cluster.supervisor import Cluster, Response
 from laminardb.ingest.router import Router
@@ -41,11 +49,47 @@ def apply(cluster: Cluster, catalog: Catalog, router: Router, stmt: Statement) -
     if others:
         try:
             cluster.broadcast(make, others)
-        except LaminarError:
-            _undo(cluster, stmt, existed)
-            raise
+        except LaminarError as exc:
+            recovery = getattr(router, "recovery", None)
+            if recovery is None or not recovery.keeps(stmt.sql):
+                _undo(cluster, stmt, existed)
+                raise
+            _finish(cluster, catalog, router, stmt, existed, recovery, exc)
     _update_catalog(cluster, catalog, router, stmt, existed)
     return first
+
+
+def _finish(
+    cluster: Cluster,
+    catalog: Catalog,
+    router: Router,
+    stmt: Statement,
+    existed: bool,
+    recovery: Any,
+    exc: LaminarError,
+) -> None:
+    """Worker 0 applied a logged statement and another worker failed it: keep it as applied.
+
+    A dead worker is restarted and replays the statement from the log (the call goes on);
+    a silent one applies it when it resumes, and the call fails saying so."""
+    shard = exc.shard if isinstance(exc, ConnectionError) else None
+    recovery.keep_statement()  # worker 0 applied it: the log says so, whatever happens next
+    if cluster.dead(shard):
+        log.warning("a worker died during %r: kept as applied, replayed on restart", stmt.sql)
+        recovery.ensure()  # the restarted worker replays the log, this statement included
+        return
+    if not isinstance(exc, ConnectionError):
+        # An engine error on a worker whose catalog equals worker 0's cannot happen; if it
+        # does, the log keeps the statement so that a reopen gives worker 0's answer.
+        log.error("statement %r failed on a worker after worker 0 applied it: %s", stmt.sql, exc)
+    _update_catalog(cluster, catalog, router, stmt, existed)
+    raise ConnectionError(
+        f"{exc}; the statement {stmt.sql!r} was logged and applied by the other workers: the "
+        "silent worker applies it when it resumes (or from the log if it is replaced), so do "
+        "not run it again",
+        code=getattr(exc, "code", None),
+        shard=shard,
+    ) from exc
 
 
 def _execute(stmt: Statement) -> Any:

@@ -39,7 +39,7 @@ import pyarrow as pa
 
 from laminardb.api.errors import ConnectionError, LaminarError, codes
 from laminardb.cluster.supervisor import Cluster
-from laminardb.durability.log import Log, RecordType
+from laminardb.durability.log import Log, RecordRef, RecordType
 from laminardb.ingest import partition
 from laminardb.ingest.router import SPLIT_ROWS, Router, Target
 from laminardb.plan import statements
@@ -104,6 +104,19 @@ class RecoveringRouter(Router):
         self.placement = placement_of(self.targets.get(source, Target()), parts)
         return parts
 
+    def add(self, source: str, table: pa.Table) -> None:
+        """Buffer like `Router.add`; with `durability="sync"` ship at once, so that the insert
+        returns only when its rows are in the log, fsynced (and committed)."""
+        super().add(source, table)
+        recovery = self.recovery
+        if (
+            recovery is not None
+            and recovery.logging
+            and recovery.log is not None
+            and recovery.log.durability == "sync"
+        ):
+            self.flush(source)
+
     def _log_batch(self, source: str, table: pa.Table) -> None:
         recovery = self.recovery
         if recovery is not None and recovery.log is not None and recovery.logging:
@@ -155,6 +168,8 @@ class Recovery:
         self.hooks: list[Callable[[int], None]] = []
         self.lost: LaminarError | None = None
         self._failed: LaminarError | None = None
+        self._statement: RecordRef | None = None  # the logged statement now running
+        self._kept = False
         if isinstance(router, RecoveringRouter):
             router.recovery = self
         self._monitor = threading.Thread(
@@ -175,6 +190,10 @@ class Recovery:
         for ref, record in self.log.replay_refs():
             if record.type is RecordType.DDL:
                 execute(record.sql)
+            elif record.type is RecordType.WATERMARK:
+                self.router.flush(record.source)
+                args = [record.source, record.watermark]
+                self.cluster.broadcast(lambda rid, args=args: protocol.Call(rid, "watermark", args))
             else:
                 self.router.ship(record.source, record.table())
                 ref.placement = getattr(self.router, "placement", None)
@@ -183,15 +202,45 @@ class Recovery:
 
     @contextlib.contextmanager
     def statement(self, sql: str | None) -> Iterator[None]:
-        """Log `sql` before it runs (None: not logged); retract it if it fails."""
+        """Log `sql` before it runs (None: not logged); retract it if it fails, unless some
+        workers applied it (`keep_statement`: then it stays, and is applied everywhere)."""
         if sql is None or self.log is None or not self.logging:
             yield
             return
         ref = self.log.append_ddl(sql)
+        self._statement, self._kept = ref, False
         try:
             yield
         except BaseException:
-            if self.log.refs and self.log.refs[-1] is ref:
+            if not self._kept and self.log.refs and self.log.refs[-1] is ref:
+                self.log.retract(ref)
+            raise
+        finally:
+            self._statement, self._kept = None, False
+
+    def keeps(self, sql: str) -> bool:
+        """Whether the statement now running was logged (so it can be kept as applied after
+        an outage on some workers, rather than undone)."""
+        return self.log is not None and self.logging and self._statement is not None
+
+    def keep_statement(self) -> None:
+        """Keep the statement now running in the log even though its call fails (some
+        workers applied it; the others apply it from their queue or from the log)."""
+        self._kept = True
+
+    @contextlib.contextmanager
+    def watermark(self, source: str, timestamp: int) -> Iterator[None]:
+        """Log a watermark set on `source` before it is applied (write-ahead, like a
+        statement), so that a restarted worker and a reopened database get it again, in
+        its place among the rows; retract it if applying it fails with an engine error."""
+        if self.log is None or not self.logging:
+            yield
+            return
+        ref = self.log.append_watermark(source, timestamp)
+        try:
+            yield
+        except LaminarError as exc:
+            if not isinstance(exc, ConnectionError) and self.log.refs and self.log.refs[-1] is ref:
                 self.log.retract(ref)
             raise
 
@@ -266,6 +315,15 @@ class Recovery:
                 self.cluster.request(
                     shard,
                     protocol.Execute(self.cluster.new_rid(), stmt.sql, stmt.kind.name, name),
+                )
+                continue
+            if ref.type is RecordType.WATERMARK:
+                flush()  # its rows first, as when it was set
+                self.cluster.request(
+                    shard,
+                    protocol.Call(
+                        self.cluster.new_rid(), "watermark", [ref.source, record.watermark]
+                    ),
                 )
                 continue
             placement = ref.placement

@@ -23,9 +23,13 @@ and raises `IngestionError` naming the log and the source; since batches are log
 any worker commits them, the insert that failed is applied nowhere and nothing acknowledged
 before it is touched.
 
-Fsync policy: every record is written to the operating system as soon as it is appended
-(so it survives the death of this process, `kill -9` included), and the file is fsynced by
-`checkpoint()` and `close()` (so what was checkpointed also survives a machine crash).
+Fsync policy (`durability`): with "buffered" (the default) every record is written to the
+operating system as soon as it is appended (so it survives the death of this process,
+`kill -9` included), and the file is fsynced by `checkpoint()` and `close()` (so what was
+checkpointed also survives a machine crash). With "sync" every record is also fsynced
+(fdatasync) before `append_*` returns, and the router ships each insert at once
+(laminardb/cluster/recovery.py), so an insert returns only once its rows survive a machine
+crash.
 
 A lock file (`path/LOCK`, `flock` exclusive, non-blocking) keeps a second live process from
 opening the same database; the kernel releases it when the holder exits, however it exits.
@@ -58,11 +62,16 @@ MAGIC = b"LDBR"
 HEADER = struct.Struct("<4sBHQI")
 LOG_NAME = "log"
 LOCK_NAME = "LOCK"
+COMPACT_NAME = "log.compact"  # a compacted log being written (laminardb/durability/compact.py)
 
 
 class RecordType(enum.IntEnum):
     DDL = 1
     BATCH = 2
+    WATERMARK = 3  # a watermark set on a source (payload: the timestamp, int64 LE)
+
+
+WATERMARK = struct.Struct("<q")
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,10 @@ class Record:
     @property
     def sql(self) -> str:
         return self.payload.decode("utf-8")
+
+    @property
+    def watermark(self) -> int:
+        return int(WATERMARK.unpack(self.payload)[0])
 
     def table(self) -> pa.Table:
         return arrow_ipc.loads(self.payload)
@@ -112,8 +125,20 @@ def encode_head(kind: RecordType, source: str, payload: bytes | memoryview) -> b
     return HEADER.pack(MAGIC, int(kind), len(name), len(payload), _crc(kind, name, payload)) + name
 
 
+DURABILITY = ("buffered", "sync")  # see the module docstring
+
+
+def check_durability(mode: str) -> str:
+    """`mode` if it is one of DURABILITY, else ValueError naming the choices."""
+    if mode not in DURABILITY:
+        raise ValueError(f"durability must be one of {', '.join(DURABILITY)}, got {mode!r}")
+    return mode
+
+
 class Log:
     """The lock and the log file of one database directory; open until `close()`."""
+
+    durability = "buffered"  # "sync": fsync every record before append_* returns
 
     def __init__(self, path: str | os.PathLike[str], *, temporary: bool = False):
         # temporary: a private log of an in-memory database, kept only so that a worker that
@@ -134,6 +159,8 @@ class Log:
                 f"(lock {os.path.join(self.dir, LOCK_NAME)} is held)"
             ) from None
         self.file_path = os.path.join(self.dir, LOG_NAME)
+        with contextlib.suppress(FileNotFoundError):  # a compaction that crashed before its rename
+            os.unlink(os.path.join(self.dir, COMPACT_NAME))
         self._fd = -1  # append descriptor, opened once replay is done
         self._end = 0  # bytes of whole records in the file
         self.refs: list[RecordRef] = []
@@ -204,7 +231,8 @@ class Log:
     def restore(
         self, execute: Callable[[str], object], ship: Callable[[str, pa.Table], object]
     ) -> int:
-        """Replay every intact record in order: statements to `execute`, batches to `ship`.
+        """Replay every intact record in order: statements to `execute`, batches to `ship`
+        (watermarks are skipped: the connection's restore in recovery.py applies them).
 
         Returns the number of records replayed. The caller makes sure neither callback logs
         the record again.
@@ -213,7 +241,7 @@ class Log:
         for record in self.replay():
             if record.type is RecordType.DDL:
                 execute(record.sql)
-            else:
+            elif record.type is RecordType.BATCH:
                 ship(record.source, record.table())
             count += 1
         return count
@@ -237,10 +265,15 @@ class Log:
                 while part:
                     # to the OS at once: the record survives the death of this process
                     part = part[_write(self._fd, part) :]
+            if self.durability == "sync" and not self.temporary:
+                os.fdatasync(self._fd)  # durable before the call returns
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, start)  # no torn record stays behind
-            what = f"rows of source {source}" if kind is RecordType.BATCH else "a statement"
+            what = {
+                RecordType.BATCH: f"rows of source {source}",
+                RecordType.WATERMARK: f"a watermark of source {source}",
+            }.get(kind, "a statement")
             raise IngestionError(
                 f"cannot log {what} to {self.file_path}: {exc.strerror or exc} "
                 f"(errno {exc.errno}); nothing of this call was applied, "
@@ -255,6 +288,10 @@ class Log:
     def append_ddl(self, sql: str) -> RecordRef:
         """Log a statement that changed the catalog or a table."""
         return self._append(RecordType.DDL, "", sql.encode("utf-8"))
+
+    def append_watermark(self, source: str, timestamp: int) -> RecordRef:
+        """Log a watermark set on `source` (replayed in its place among the rows)."""
+        return self._append(RecordType.WATERMARK, source, WATERMARK.pack(int(timestamp)))
 
     def append_batch(self, source: str, table: pa.Table, placement: Any = None) -> RecordRef:
         """Log rows about to be committed to the workers of `source`."""
@@ -285,10 +322,31 @@ class Log:
                     raise ConnectionError(f"log {self.file_path}: {problem} at byte {ref.offset}")
                 yield ref, record
 
-    def checkpoint(self) -> None:
-        """Make every appended record durable (fsync)."""
+    @property
+    def size(self) -> int:
+        """Bytes of whole records in the log."""
+        return self._end
+
+    def adopt(self, refs: list[RecordRef], end: int) -> None:
+        """Take the file now at `file_path` (a compacted log: laminardb/durability/compact.py)
+        as this log, with its records at `refs` and `end` bytes long."""
+        self._require_open()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._open_for_append()
+        self.refs = refs
+        self._end = end
+
+    def checkpoint(self, compact: bool = True) -> None:
+        """Make every appended record durable (fsync); `compact`: first rewrite the log without
+        what can never matter again, when that saves at least COMPACT_MIN_SAVING of it."""
         self._require_open()
         self._open_for_append()
+        if compact and self.refs:
+            from laminardb.durability import compact as compaction  # it imports this module
+
+            compaction.maybe_run(self)
         if not self.temporary:
             os.fsync(self._fd)
 
@@ -317,7 +375,7 @@ def _decode_at(data: bytes, offset: int) -> tuple[Record | None, int, str]:
     magic, kind, name_len, payload_len, crc = HEADER.unpack_from(data, offset)
     if magic != MAGIC:
         return None, offset, "bad record magic"
-    if kind not in (RecordType.DDL, RecordType.BATCH):
+    if kind not in iter(RecordType):
         return None, offset, f"unknown record type {kind}"
     start = offset + HEADER.size
     end = start + name_len + payload_len

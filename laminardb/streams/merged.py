@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,7 +173,9 @@ class Merges:
             router.flush(source)
         if step.set_watermark:
             mark = step.watermark
-            self._cluster.broadcast(lambda rid: protocol.Call(rid, "watermark", [source, mark]))
+            recovery = getattr(router, "recovery", None)  # logged like a Writer's watermark
+            with recovery.watermark(source, mark) if recovery is not None else nullcontext():
+                self._cluster.broadcast(lambda rid: protocol.Call(rid, "watermark", [source, mark]))
         runs = [r for r in self.runs.values() if r.plan.source == source and r.timed]
         for run in runs:
             run.merger.expect(rows, step.live, step.watermark, step.any_live)

@@ -35,6 +35,8 @@ class Arena:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
             os.ftruncate(fd, size)
+            # Reserve the pages now: a full /dev/shm fails here (ENOSPC), not with a SIGBUS later.
+            os.posix_fallocate(fd, 0, size)
             mm = mmap.mmap(fd, size)
         except BaseException:
             os.unlink(path)
