@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import pyarrow as pa
 
@@ -14,11 +14,17 @@ if TYPE_CHECKING:
 MIN_WATERMARK = -(2**63)
 
 
-class Writer:
-    """Inserts into one source; rows are coalesced and shipped like `Connection.insert`."""
+class _Inserter(Protocol):
+    def insert(self, table: str, data: Any) -> int: ...
 
-    def __init__(self, conn: Connection, name: str, schema: pa.Schema):
-        self._conn = conn
+
+class WriterBase:
+    """What every writer shares: one source, its schema, the watermark seen, closing; the
+    in-process `Writer` and the service client's writer differ only in where flush and
+    watermark go."""
+
+    def __init__(self, conn: _Inserter, name: str, schema: pa.Schema):
+        self._inserter = conn
         self._name = name
         self._schema = schema
         self._closed = False
@@ -36,7 +42,7 @@ class Writer:
     def current_watermark(self) -> int:
         return self._watermark
 
-    def __enter__(self) -> Writer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -51,7 +57,21 @@ class Writer:
 
     def insert(self, data: Any) -> None:
         self._check()
-        self._conn.insert(self._name, data)
+        self._inserter.insert(self._name, data)
+
+    def flush(self) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class Writer(WriterBase):
+    """Inserts into one source; rows are coalesced and shipped like `Connection.insert`."""
+
+    def __init__(self, conn: Connection, name: str, schema: pa.Schema):
+        super().__init__(conn, name, schema)
+        self._conn = conn
 
     def flush(self) -> int:
         """Ship what is buffered for this source now; returns the rows shipped."""

@@ -32,12 +32,12 @@ from zmq.utils.monitor import recv_monitor_message
 from laminardb.api.config import LaminarConfig
 from laminardb.api.errors import (
     ConnectionError,
-    IngestionError,
     LaminarError,
     codes,
     from_wire,
 )
 from laminardb.api.results import QueryResult
+from laminardb.api.writer import WriterBase
 from laminardb.service import auth, runtime, shm
 from laminardb.service import protocol as p
 from laminardb.service.server import boot_id
@@ -481,45 +481,13 @@ class RemoteConnection:
         return AsyncStreamSubscription(self._open_stream(name))
 
 
-class RemoteWriter:
+class RemoteWriter(WriterBase):
     """`Writer` of a remote source: inserts go through the client, flush and watermark to the
     service."""
 
     def __init__(self, conn: RemoteConnection, name: str, schema: pa.Schema):
+        super().__init__(conn, name, schema)
         self._conn = conn
-        self._name = name
-        self._schema = schema
-        self._closed = False
-        self._watermark = -(2**63)
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def schema(self) -> pa.Schema:
-        return self._schema
-
-    @property
-    def current_watermark(self) -> int:
-        return self._watermark
-
-    def __enter__(self) -> RemoteWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return "Writer(closed)" if self._closed else f"Writer(source='{self._name}', open)"
-
-    def _check(self) -> None:
-        if self._closed:
-            raise IngestionError("Writer is closed", code=codes.WRITER_CLOSED)
-
-    def insert(self, data: Any) -> None:
-        self._check()
-        self._conn.insert(self._name, data)
 
     def flush(self) -> int:
         self._check()
