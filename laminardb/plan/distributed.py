@@ -18,7 +18,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
@@ -33,6 +33,7 @@ Fetch = Callable[[str, list[int] | None], Sequence[pa.Table]]
 
 
 CACHE_SIZE = 1024
+T = TypeVar("T")
 """Plans and probes kept per process (dashboards repeat queries; planning parses the SQL,
 a probe costs two native calls)."""
 
@@ -198,21 +199,32 @@ def _probe(plan: Plan, relation: Relation) -> _Probe:
     """The plan's probe, from the cache when the query and the relation's definition are
     the same; a refusal (`Fallback`, or the native error as one) is cached too."""
     key = (plan.sql, plan.worker_sql, *_definition(relation))
-    with _lock:
-        found = _probes.get(key)
+    return memo_probe(_probes, _lock, key, lambda: _run_probe(plan, relation))
+
+
+def memo_probe(
+    cache: collections.OrderedDict[tuple[object, ...], T | Fallback],
+    lock: threading.Lock,
+    key: tuple[object, ...],
+    run: Callable[[], T],
+) -> T:
+    """`run()` once per key (most recently used kept, CACHE_SIZE at most); a refusal, a
+    `Fallback` or any error of the probe as one, is cached and raised again."""
+    with lock:
+        found = cache.get(key)
         if found is not None:
-            _probes.move_to_end(key)
+            cache.move_to_end(key)
     if found is None:
         try:
-            found = _run_probe(plan, relation)
+            found = run()
         except Fallback as exc:
             found = exc
         except Exception as exc:
             found = Fallback(f"{type(exc).__name__}: {exc}")
-        with _lock:
-            _probes[key] = found
-            while len(_probes) > CACHE_SIZE:
-                _probes.popitem(last=False)
+        with lock:
+            cache[key] = found
+            while len(cache) > CACHE_SIZE:
+                cache.popitem(last=False)
     if isinstance(found, Fallback):
         raise Fallback(str(found))
     return found

@@ -142,22 +142,9 @@ def probe(
     with `empty`, the query must give no rows there (a per-worker answer is then a part of
     the whole, not a whole of its own). Cached, refusals included."""
     key = (sql, worker_sql, empty, _definition(relations))
-    with _lock:
-        found = _probes.get(key)
-    if found is None:
-        try:
-            found = _run_probe(sql, worker_sql, relations, empty)
-        except Fallback as exc:
-            found = exc
-        except Exception as exc:
-            found = Fallback(f"{type(exc).__name__}: {exc}")
-        with _lock:
-            _probes[key] = found
-            while len(_probes) > CACHE_SIZE:
-                _probes.popitem(last=False)
-    if isinstance(found, Fallback):
-        raise Fallback(str(found))
-    return found
+    return distributed.memo_probe(
+        _probes, _lock, key, lambda: _run_probe(sql, worker_sql, relations, empty)
+    )
 
 
 def _run_probe(
