@@ -28,31 +28,14 @@ from sqlglot import exp
 from laminardb.cluster.catalog import Catalog, Relation
 from laminardb.plan import joins, sqltext
 from laminardb.plan.joins import LocalPlan, LocalRule
+from laminardb.plan.layout import NEVER_SPLIT
 from laminardb.plan.sqltext import NoLocal, name_of
 
 DERIVED = "__ldb_join"
 """The name of the join's rows in the outer query and in the workers' SQL."""
 
 _ENDS = ("GROUP", "HAVING", "ORDER", "LIMIT", "OFFSET", "WINDOW", "QUALIFY")
-_REFUSED: tuple[type[exp.Expr], ...] = (
-    exp.Subquery,
-    exp.Exists,
-    exp.Window,
-    exp.With,
-    exp.Union,
-    exp.Intersect,
-    exp.Except,
-    exp.Lateral,
-    exp.Unnest,
-    exp.Placeholder,
-    exp.Parameter,
-    exp.Values,
-    exp.Pivot,
-    exp.Cube,
-    exp.Rollup,
-    exp.GroupingSets,
-    exp.Qualify,
-)
+_REFUSED: tuple[type[exp.Expr], ...] = (*NEVER_SPLIT, exp.Window, exp.With, exp.Union)
 
 
 @dataclass(frozen=True)

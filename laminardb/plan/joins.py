@@ -31,6 +31,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from laminardb.cluster.catalog import Catalog, Relation, quote
+from laminardb.plan.layout import NEVER_SPLIT
 from laminardb.plan.split import PARTIALS
 from laminardb.plan.sqltext import NoLocal, limits, name_of, parse, tail, tokens
 from laminardb.plan.statements import Token
@@ -136,23 +137,7 @@ def _check_set_tree(tree: exp.Expr, catalog: Catalog) -> bool:
     return kinds == {True}
 
 
-_REFUSED: tuple[type[exp.Expr], ...] = (
-    exp.Subquery,
-    exp.Exists,
-    exp.Lateral,
-    exp.Unnest,
-    exp.Values,
-    exp.Pivot,
-    exp.TableSample,
-    exp.Qualify,
-    exp.Cube,
-    exp.Rollup,
-    exp.GroupingSets,
-    exp.Placeholder,
-    exp.Parameter,
-    exp.Intersect,
-    exp.Except,
-)
+_REFUSED: tuple[type[exp.Expr], ...] = (*NEVER_SPLIT, exp.TableSample)
 
 
 @dataclass

@@ -107,26 +107,31 @@ class Query:
         return self.sql[span[0] : span[1]]
 
 
-_UNSUPPORTED_NODES: tuple[type[exp.Expr], ...] = (
-    exp.Join,
+NEVER_SPLIT: tuple[type[exp.Expr], ...] = (
     exp.Subquery,
     exp.Exists,
-    exp.Window,
-    exp.With,
-    exp.Union,
-    exp.Intersect,
-    exp.Except,
     exp.Lateral,
     exp.Unnest,
-    exp.Placeholder,
-    exp.Parameter,
     exp.Values,
     exp.Pivot,
-    exp.TableSample,
     exp.Qualify,
     exp.Cube,
     exp.Rollup,
     exp.GroupingSets,
+    exp.Placeholder,
+    exp.Parameter,
+    exp.Intersect,
+    exp.Except,
+)
+"""Constructs no planner rule splits (each rule refuses these and adds its own)."""
+
+_UNSUPPORTED_NODES: tuple[type[exp.Expr], ...] = (
+    *NEVER_SPLIT,
+    exp.Join,
+    exp.Window,
+    exp.With,
+    exp.Union,
+    exp.TableSample,
     exp.WithinGroup,
 )
 
