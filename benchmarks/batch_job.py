@@ -4,6 +4,8 @@ The same files (generated once in a temp folder: one Parquet file of 1M-row grou
 CSV file) go through:
   * `native`  one `laminardb_native` instance fed through pyarrow (read the file, insert);
   * `cluster` `laminardb.open(workers=N)` with `conn.load()` (the workers read the file);
+    with `--logged` also `cluster logged`, the same on `open(<temp folder>)`, whose load is
+    also written to the log before it commits;
   * `duckdb`, `polars` as outside references, when importable.
 Each job: load, `Q1` (20 groups), `Q2` (100k groups, GROUP BY the partition key), write Q2's
 result to Parquet. The clock starts at the load: opening an engine (for the cluster: starting
@@ -14,7 +16,7 @@ native instance). `cpu s` columns: CPU seconds of the phase summed over this pro
 worker processes (the work done; wall time on a shared machine moves with others' load).
 
 Usage: `.venv/bin/python -m benchmarks.batch_job [--rows 2000000] [--workers 2]
-[--formats parquet,csv] [--repeat 1] [--json out.json]` (`--rows 10000000` is the issue's size).
+[--formats parquet,csv] [--repeat 1] [--logged] [--json out.json]` (`--rows 10000000` is the issue's size).
 """
 
 from __future__ import annotations
@@ -146,24 +148,35 @@ def native_job(path: str, fmt: str, out: str) -> tuple[pa.Table, pa.Table, Laps]
         conn.close()
 
 
-def cluster_job(workers: int, keyed: bool) -> Job:
+def cluster_job(workers: int, keyed: bool, logged: bool = False) -> Job:
     def job(path: str, fmt: str, out: str) -> tuple[pa.Table, pa.Table, Laps]:
-        with laminardb.open(":memory:", workers=workers) as conn:
-            key = " PARTITION BY (customer)" if keyed else ""
-            conn.execute(f"CREATE SOURCE t ({COLUMNS}){key}")
-            # untimed, like this process's own imports: the workers import their readers
-            conn.execute(f"CREATE SOURCE warm ({COLUMNS})")
-            conn.load("warm", os.path.join(os.path.dirname(path), f"warm-*.{fmt}"))
-            laps = Laps()
-            conn.load("t", path)
-            laps.lap("load")
-            q1 = conn.sql(Q1).to_arrow()
-            result = conn.sql(Q2)
-            result.write_parquet(out)
-            laps.lap("report")
-            return q1, result.to_arrow(), laps
+        folder = tempfile.mkdtemp(prefix="laminardb-bench-db-") if logged else None
+        try:
+            return _cluster_job(folder or ":memory:", workers, keyed, path, fmt, out)
+        finally:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
 
     return job
+
+
+def _cluster_job(
+    db: str, workers: int, keyed: bool, path: str, fmt: str, out: str
+) -> tuple[pa.Table, pa.Table, Laps]:
+    with laminardb.open(db, workers=workers) as conn:
+        key = " PARTITION BY (customer)" if keyed else ""
+        conn.execute(f"CREATE SOURCE t ({COLUMNS}){key}")
+        # untimed, like this process's own imports: the workers import their readers
+        conn.execute(f"CREATE SOURCE warm ({COLUMNS})")
+        conn.load("warm", os.path.join(os.path.dirname(path), f"warm-*.{fmt}"))
+        laps = Laps()
+        conn.load("t", path)
+        laps.lap("load")
+        q1 = conn.sql(Q1).to_arrow()
+        result = conn.sql(Q2)
+        result.write_parquet(out)
+        laps.lap("report")
+        return q1, result.to_arrow(), laps
 
 
 def duckdb_job(path: str, fmt: str, out: str) -> tuple[pa.Table, pa.Table, Laps]:
@@ -203,9 +216,12 @@ def _bag(table: pa.Table) -> list[tuple[Any, ...]]:
     return sorted(tuple(round(v, 2) if isinstance(v, float) else v for v in r) for r in rows)
 
 
-def _engines(workers: int, keyed: bool) -> dict[str, Job]:
+def _engines(workers: int, keyed: bool, logged: bool = False) -> dict[str, Job]:
     engines: dict[str, Job] = {"native": native_job}
     engines[f"cluster {workers}w" + ("" if keyed else " unkeyed")] = cluster_job(workers, keyed)
+    if logged:
+        label = f"cluster {workers}w logged" + ("" if keyed else " unkeyed")
+        engines[label] = cluster_job(workers, keyed, logged=True)
     for name, job in (("duckdb", duckdb_job), ("polars", polars_job)):
         try:
             __import__(name)
@@ -216,7 +232,12 @@ def _engines(workers: int, keyed: bool) -> dict[str, Job]:
 
 
 def run(
-    rows: int, workers: int, formats: list[str], repeat: int, keyed: bool = True
+    rows: int,
+    workers: int,
+    formats: list[str],
+    repeat: int,
+    keyed: bool = True,
+    logged: bool = False,
 ) -> list[dict[str, Any]]:
     """Best-of-`repeat` wall time per (format, engine), the answers checked against native;
     the engines take turns within each round, so that a busy moment hits all of them."""
@@ -228,7 +249,7 @@ def run(
             expected: tuple[list[Any], list[Any]] | None = None
             best: dict[str, Laps] = {}
             for _ in range(repeat):
-                for name, job in _engines(workers, keyed).items():
+                for name, job in _engines(workers, keyed, logged).items():
                     out = os.path.join(folder, f"out-{name.split()[0]}.parquet")
                     q1, q2, laps = job(paths[fmt], fmt, out)
                     answer = (_bag(q1), _bag(q2))
@@ -264,13 +285,20 @@ def run(
 @click.option("--formats", default="parquet,csv", show_default=True)
 @click.option("--repeat", default=1, show_default=True, help="best of this many runs")
 @click.option("--keyed/--unkeyed", default=True, show_default=True, help="PARTITION BY customer")
+@click.option("--logged", is_flag=True, help="also run the cluster on a logged open(path)")
 @click.option("--json", "json_path", default=None, help="also write the figures here")
 def main(
-    rows: int, workers: int, formats: str, repeat: int, keyed: bool, json_path: str | None
+    rows: int,
+    workers: int,
+    formats: str,
+    repeat: int,
+    keyed: bool,
+    logged: bool,
+    json_path: str | None,
 ) -> None:
     """Load + two GROUP BY reports + write, for native, the cluster, DuckDB and polars."""
     chosen = [f.strip() for f in formats.split(",") if f.strip()]
-    results = run(rows, workers, chosen, repeat, keyed)
+    results = run(rows, workers, chosen, repeat, keyed, logged)
     table = Table(title=f"batch job, {rows:,} rows, {os.cpu_count()} cores (best of {repeat})")
     columns = ("format", "engine", "load s", "load cpu s", "report s", "report cpu s")
     for column in (*columns, "total s", "native / engine"):

@@ -6,8 +6,10 @@ keeps the rows it owns staged under the load's transaction, and writes the rows 
 own to one Arrow IPC segment per owner in /dev/shm (owner-only, named with the coordinator's
 prefix so its leak checks and stale sweep see them). The coordinator then asks each owner to
 `stage_segments`: it maps them, takes the rows and unlinks them. Rows never pass through the
-coordinator. On a failure here every segment this call made is unlinked before the error is
-returned; the coordinator aborts the transaction on every worker and unlinks what was listed.
+coordinator, except for a logged load (`segment_all`), where every row goes to a segment and
+the coordinator maps them to write the log record before the commit. On a failure here every
+segment this call made is unlinked before the error is returned; the coordinator aborts the
+transaction on every worker and unlinks what was listed.
 """
 
 from __future__ import annotations
@@ -46,15 +48,18 @@ def read_files(r: protocol.ReadFiles, shard: int, staged: Staged) -> dict[str, A
     table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
     rows = int(table.num_rows)
     if not r.keys or r.workers == 1:
-        staged.setdefault(r.txn, []).append((r.source, table))
-        return {"rows": rows, "segments": [], "timings": clock.laps}
-    parts = by_owner(table, r.keys, r.workers, clock)
+        if not r.segment_all:
+            staged.setdefault(r.txn, []).append((r.source, table))
+            return {"rows": rows, "segments": [], "timings": clock.laps}
+        parts = [table if dest == shard else table.slice(0, 0) for dest in range(r.workers)]
+    else:
+        parts = by_owner(table, r.keys, r.workers, clock)
     segments: list[list[Any]] = []
     try:
         for dest, part in enumerate(parts):
             if not part.num_rows:
                 continue
-            if dest == shard:
+            if dest == shard and not r.segment_all:
                 staged.setdefault(r.txn, []).append((r.source, part))
                 continue
             name = f"{r.prefix}x{r.txn}-{shard}to{dest}-{secrets.token_hex(4)}"

@@ -58,10 +58,12 @@ _HOME_ONLY = {StatementKind.UPDATE, StatementKind.DELETE, StatementKind.INSERT}
 
 @dataclass(frozen=True)
 class Placement:
-    """Where the rows of one shipped batch went: by key, whole on `shard`, or sliced evenly."""
+    """Where the rows of one shipped batch went: by key, whole on `shard`, `counts[i]` rows
+    in order to worker i (a logged file load), or sliced evenly."""
 
     keys: tuple[str, ...] = ()
     shard: int | None = None
+    counts: tuple[int, ...] = ()
 
 
 def placement_of(target: Target, parts: list[pa.Table | None]) -> Placement:
@@ -86,6 +88,8 @@ def part_for(table: pa.Table, placement: Placement, shard: int, n_workers: int) 
         return table.take(np.flatnonzero(mine))
     if placement.shard is not None:
         return table if placement.shard == shard else table.slice(0, 0)
+    if placement.counts:
+        return table.slice(sum(placement.counts[:shard]), placement.counts[shard])
     step = -(-table.num_rows // n_workers)
     return table.slice(shard * step, step)
 

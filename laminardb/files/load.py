@@ -9,8 +9,13 @@ engine batch. Any failure before the commit aborts the transaction on every work
 removes every segment of it (they are all named after the transaction), so nothing is half
 loaded and nothing stays in /dev/shm.
 
-A persistent connection (`open(path)`) reads in the coordinator instead and ships the rows
-through the router, whose log records them, so that a load survives a reopen.
+On a logged connection (`open(path)` or `recovery=True`) the workers still read in parallel,
+but every row, a worker's own included, goes to a segment (`segment_all`): after staging, the
+coordinator maps the segments and writes them to the log as one batch record, whose placement
+says which worker holds which rows, and only then commits, as the router does for an insert.
+So a load survives a reopen, and a worker restarted later gets its share back from the log.
+A worker that dies before the record is written is restarted and the load runs again; after
+it, the restarted worker replays its share from the log and the others have committed theirs.
 """
 
 from __future__ import annotations
@@ -24,15 +29,19 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from laminardb.api.errors import ConnectionError, LaminarError
 from laminardb.cluster import ddl
+from laminardb.cluster.catalog import Relation
+from laminardb.cluster.recovery import Placement
 from laminardb.files import splits
 from laminardb.files.options import FileOptions, resolve
-from laminardb.files.read import read_split
+from laminardb.ingest.router import Target
 from laminardb.wire import protocol
 from laminardb.wire.arena import PREFIX, SHM_DIR
 
 if TYPE_CHECKING:
     from laminardb.api.connection import Connection
+    from laminardb.durability.log import Log
 
 log = logging.getLogger("laminardb.files")
 
@@ -46,8 +55,45 @@ def load(conn: Connection, table: str, path: str, fmt: str | None, options: dict
     paths = splits.expand(path, relation.name)
     router = conn._router
     router.flush(relation.name)  # rows inserted before the load stay before it
-    if conn._durable is not None:
-        return _load_here(conn, relation.name, relation.schema, paths, opts)
+    recovery = conn._recovery
+    if conn._durable is None or not recovery.logging:
+        return _load(conn, relation, paths, opts, None)
+    log_ = recovery.log
+    assert log_ is not None
+    for attempt in range(3):
+        logged: list[int] = []
+        try:
+            return _load(conn, relation, paths, opts, log_, logged)
+        except LaminarError as exc:
+            suspect = exc.shard if isinstance(exc, ConnectionError) else None
+            if attempt < 2 and conn._cluster.dead(suspect):
+                recovery.ensure()  # the replay holds the restarted worker's share if logged
+                if logged:
+                    return logged[0]
+                continue
+            if logged and isinstance(exc, ConnectionError):
+                raise ConnectionError(
+                    f"{exc}; the rows loaded into {relation.name} were logged and the other "
+                    "workers committed theirs: the silent worker applies its part when it "
+                    "resumes (or from the log if it is replaced), so do not load them again",
+                    code=exc.code,
+                    shard=exc.shard,
+                ) from exc
+            raise
+    raise AssertionError("unreachable")
+
+
+def _load(
+    conn: Connection,
+    relation: Relation,
+    paths: list[str],
+    opts: FileOptions,
+    log_: Log | None,
+    logged: list[int] | None = None,
+) -> int:
+    """One attempt of a load as one transaction; `log_`: write every row to it before the
+    commit (and the row count to `logged` once written)."""
+    router = conn._router
     cluster = conn._cluster
     n = len(cluster.workers)
     shares = splits.plan(paths, opts, n, relation.name)
@@ -69,7 +115,7 @@ def load(conn: Connection, table: str, path: str, fmt: str | None, options: dict
                 rid = cluster.new_rid()
                 request = protocol.ReadFiles(
                     rid, txn, relation.name, schema, keys, n, prefix, opts.format,
-                    opts.to_wire(), share,
+                    opts.to_wire(), share, segment_all=log_ is not None,
                 )  # fmt: skip
                 cluster.send(shard, request)
                 pending[rid] = shard
@@ -82,6 +128,8 @@ def load(conn: Connection, table: str, path: str, fmt: str | None, options: dict
         for reply in read.values():
             for dest, name in reply.value["segments"]:
                 by_dest.setdefault(int(dest), []).append(str(name))
+        # mapped before staging unlinks the segments (the mapping keeps their pages)
+        mapped = _mapped(by_dest, relation, target, n) if log_ is not None and rows else None
         pending = {}
         for dest, names in by_dest.items():
             rid = cluster.new_rid()
@@ -89,6 +137,13 @@ def load(conn: Connection, table: str, path: str, fmt: str | None, options: dict
             pending[rid] = dest
         cluster.collect(pending)
         began = _phase("exchange", txn, began)
+        if mapped is not None and log_ is not None:
+            data, placement = mapped
+            log_.append_batch(relation.name, data, placement)
+            del data, mapped
+            if logged is not None:
+                logged.append(rows)
+            began = _phase("log", txn, began)
         committed = cluster.broadcast(lambda rid: protocol.Commit(rid, txn))
         _phase("commit", txn, began)
     except BaseException:
@@ -100,15 +155,25 @@ def load(conn: Connection, table: str, path: str, fmt: str | None, options: dict
     return rows
 
 
-def _load_here(
-    conn: Connection, name: str, schema: pa.Schema, paths: list[str], opts: FileOptions
-) -> int:
-    """Read in the coordinator and ship through the router (which logs what it ships)."""
-    (share,) = splits.plan(paths, opts, 1, name)
-    tables = [t for t in (read_split(s, opts, schema, name) for s in share) if t.num_rows]
-    if not tables:
-        return 0
-    return conn._router.ship(name, pa.concat_tables(tables))
+def _mapped(
+    by_dest: dict[int, list[str]], relation: Relation, target: Target | None, n: int
+) -> tuple[pa.Table, Placement]:
+    """Every row of a logged load, mapped from its segments (no copy) in worker order, and
+    where they went: by key, whole on a table's home worker, or `counts` rows per worker."""
+    parts: list[pa.Table] = []
+    counts = [0] * n
+    for dest in sorted(by_dest):
+        for name in by_dest[dest]:
+            with pa.memory_map(os.path.join(SHM_DIR, name)) as mapped:
+                part = pa.ipc.open_stream(mapped).read_all()
+            parts.append(part)
+            counts[dest] += part.num_rows
+    data = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+    if target is not None and target.home is not None:
+        return data, Placement(shard=target.home)
+    if target is not None and target.keys:
+        return data, Placement(keys=tuple(target.keys))
+    return data, Placement(counts=tuple(counts))
 
 
 def _phase(name: str, txn: int, began: float) -> float:

@@ -151,7 +151,9 @@ class FileSplit(msgspec.Struct):
 class ReadFiles(msgspec.Struct, tag=True):
     """Read `splits`, cast them to `schema` (Arrow IPC schema bytes) and stage them under
     `txn`: rows this worker owns directly, others in one /dev/shm segment per owner
-    (named `prefix`...), listed in the reply for `StageSegments`."""
+    (named `prefix`...), listed in the reply for `StageSegments`. With `segment_all` (a
+    logged load) this worker's own rows go to a segment too, so the coordinator can log
+    every row before any is committed."""
 
     rid: int
     txn: int
@@ -163,6 +165,7 @@ class ReadFiles(msgspec.Struct, tag=True):
     format: str
     options: dict[str, Any]
     splits: list[FileSplit]
+    segment_all: bool = False
 
 
 class StageSegments(msgspec.Struct, tag=True):
