@@ -31,6 +31,10 @@ from laminardb.wire import protocol
 from laminardb.wire.arena import SHM_DIR
 
 Staged = dict[int, list[tuple[str, pa.Table]]]
+# Segments this worker wrote, by transaction: an Abort unlinks them here, because the
+# coordinator does not wait for this worker's reply before it gives up on a load (a sibling
+# died), so its own sweep can run before this worker has written them.
+_written: dict[int, list[str]] = {}
 _ALIGNED = pa.ipc.IpcReadOptions(ensure_alignment=pa.ipc.Alignment.At64Byte)
 
 
@@ -64,6 +68,7 @@ def read_files(r: protocol.ReadFiles, shard: int, staged: Staged) -> dict[str, A
                 continue
             name = f"{r.prefix}x{r.txn}-{shard}to{dest}-{secrets.token_hex(4)}"
             segments.append([dest, name])
+            _written.setdefault(r.txn, []).append(name)
             _write_segment(name, part)
     except BaseException:
         unlink([name for _, name in segments])
@@ -71,6 +76,14 @@ def read_files(r: protocol.ReadFiles, shard: int, staged: Staged) -> dict[str, A
         raise
     clock.lap("write")
     return {"rows": rows, "segments": segments, "timings": clock.laps}
+
+
+def end(txn: int, aborted: bool) -> None:
+    """Transaction `txn` is over: on an abort, unlink what this worker wrote for it that no
+    owner staged (its owner may never be asked to)."""
+    names = _written.pop(txn, [])
+    if aborted:
+        unlink(names)
 
 
 def stage_segments(r: protocol.StageSegments, staged: Staged) -> int:

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -139,9 +140,11 @@ class Server:
                 by_source.setdefault(source, []).append(table)
             for source, tables in by_source.items():
                 rows += engine.insert(source, pa.concat_tables(tables))
+            _end_files(r.txn, aborted=False)
             return rows, None
         if isinstance(r, protocol.Abort):
             self.staged.pop(r.txn, None)
+            _end_files(r.txn, aborted=True)
             return None, None
         if isinstance(r, protocol.Query):
             return None, arrow_ipc.dumps(engine.query(r.sql))
@@ -178,3 +181,10 @@ class Server:
                 streams.quiesce(self.engine.conn, self.engine.last_insert)
             return None, None
         return introspect.call(self.engine, method, args)
+
+
+def _end_files(txn: int, aborted: bool) -> None:
+    """Tell the file-load side (if a load ever ran here) that transaction `txn` is over."""
+    files = sys.modules.get("workers.files")
+    if files is not None:
+        files.end(txn, aborted)

@@ -8,6 +8,7 @@ import os
 import signal
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from files_support import COLUMNS, fresh, native_rows, sample, shm_of_ours, write
@@ -16,6 +17,7 @@ import laminardb
 from laminardb.cluster.recovery import Placement
 from laminardb.durability.log import RecordType
 from laminardb.files import splits
+from laminardb.wire import protocol
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -81,11 +83,45 @@ def test_bad_file_logs_nothing(tmp_path: Path) -> None:
     name = fresh("lb")
     with laminardb.open(str(tmp_path / "db"), workers=2) as conn:
         conn.execute(f"CREATE SOURCE {name} ({COLUMNS})")
-        with pytest.raises(laminardb.SchemaError, match="b.csv"):
+        with pytest.raises(laminardb.SchemaError, match=r"b\.csv"):
             conn.load(name, str(tmp_path / "*.csv"))
         assert _batches(conn) == []
         assert conn.sql(f"SELECT count(*) FROM {name}").fetchall() == [(0,)]
         assert conn.load(name, good) == 50
     with laminardb.open(str(tmp_path / "db"), workers=2) as conn:
         assert conn.sql(f"SELECT count(*) FROM {name}").fetchall() == [(50,)]
+    assert shm_of_ours() == []
+
+
+@pytest.mark.parametrize("phase", ["read", "commit"])
+def test_worker_killed_during_a_logged_load(tmp_path: Path, phase: str) -> None:
+    """Killed as its share is requested (nothing logged yet: the load runs again on the
+    restarted worker) or as the commit is sent (logged: the restarted worker replays it)."""
+    data = sample(150, seed=7)
+    path = write(data, str(tmp_path / "in.csv"), "csv")
+    name = fresh("lk")
+    ddl = f"CREATE SOURCE {name} ({COLUMNS})"
+    sql = f"SELECT * FROM {name}"
+    with laminardb.open(str(tmp_path / "db"), workers=2) as conn:
+        conn.execute(ddl + " PARTITION BY (device)")
+        cluster = conn._cluster
+        send = cluster.send
+        killed: list[int] = []
+        kind = protocol.ReadFiles if phase == "read" else protocol.Commit
+
+        def wrapped(shard: int, request: Any, data: Any = None) -> None:
+            if shard == 1 and not killed and isinstance(request, kind):
+                process = cluster.workers[1].process
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait(10)
+                killed.append(process.pid)
+            send(shard, request, data)
+
+        cluster.send = wrapped  # type: ignore[method-assign]
+        assert conn.load(name, path) == 150
+        assert killed and cluster.workers[1].process.pid != killed[0]  # restarted
+        assert len(_batches(conn)) == 1  # logged once, whichever attempt wrote it
+        assert Counter(conn.sql(sql).fetchall()) == Counter(native_rows(ddl, name, data, sql))
+    with laminardb.open(str(tmp_path / "db"), workers=2) as conn:
+        assert Counter(conn.sql(sql).fetchall()) == Counter(native_rows(ddl, name, data, sql))
     assert shm_of_ours() == []
