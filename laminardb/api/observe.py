@@ -108,22 +108,51 @@ def streams(conn: Connection) -> list[StreamInfo]:
 
 
 def topology(conn: Connection) -> PipelineTopology:
+    """The engine's pipeline as one instance draws it, then the cluster's own nodes.
+
+    Every native node and edge is there as native reports it (a merged stream with its SQL as
+    written and the edges the engine draws for that SQL). Each merged stream adds the nodes that
+    compute it: one `partial` node per worker (`<stream>@<worker>`, its partial SQL) fed by
+    the source, and a `merge` node (`<stream>@merge`, in the coordinator) fed by them that
+    feeds the stream. Keeping only the source/stream/sink nodes gives the native view.
+    """
     topo = _worker0(conn, "topology")
+    runs = dict(conn._streams.merges.runs)
     nodes = []
     for name, node_type, sql in topo["nodes"]:
         relation = conn._catalog.get(name)
         if sql is not None:  # a merged stream runs in its partial form (laminardb/streams)
             sql = conn._streams.merges.listed(name, sql)
         nodes.append(PipelineNode(name, node_type, relation.schema if relation else None, sql))
-    edges = [PipelineEdge(a, b) for a, b in topo["edges"] if not (is_hidden(a) or is_hidden(b))]
-    return PipelineTopology(nodes, edges)
+    pairs = [
+        (str(a), str(b))
+        for a, b in topo["edges"]
+        if not (is_hidden(a) or is_hidden(b)) and b not in runs
+    ]
+    upstream = [str(n) for n, kind, _ in topo["nodes"] if kind in ("source", "stream")]
+    for name, run in runs.items():  # the engine draws x -> s where s's SQL mentions x
+        sql = run.listed_sql.lower()
+        pairs += [(x, name) for x in upstream if x != name and x.lower() in sql]
+        merge_node = f"{name}@merge"
+        for shard in range(len(conn._cluster.workers)):
+            worker_node = f"{name}@{shard}"
+            nodes.append(PipelineNode(worker_node, "partial", None, run.plan.partial_sql))
+            pairs += [(run.plan.source, worker_node), (worker_node, merge_node)]
+        nodes.append(PipelineNode(merge_node, "merge", run.merger.output_schema, None))
+        pairs.append((merge_node, name))
+    return PipelineTopology(nodes, [PipelineEdge(a, b) for a, b in pairs])
 
 
-def _merge_pipeline(parts: list[dict[str, Any]]) -> PipelineMetrics:
+def _merge_pipeline(
+    parts: list[dict[str, Any]], partial: int = 0, final: int = 0
+) -> PipelineMetrics:
+    """`partial` rows the workers emitted for merged streams are replaced by the `final` rows
+    the coordinator emitted for them."""
     states = [p["state"] for p in parts]
+    emitted = sum(p["total_events_emitted"] for p in parts)
     return PipelineMetrics(
         total_events_ingested=sum(p["total_events_ingested"] for p in parts),
-        total_events_emitted=sum(p["total_events_emitted"] for p in parts),
+        total_events_emitted=max(0, emitted - partial) + final,
         total_events_dropped=sum(p["total_events_dropped"] for p in parts),
         total_cycles=max(p["total_cycles"] for p in parts),
         total_batches=sum(p["total_batches"] for p in parts),
@@ -137,7 +166,12 @@ def _merge_pipeline(parts: list[dict[str, Any]]) -> PipelineMetrics:
 
 
 def metrics(conn: Connection) -> PipelineMetrics:
-    return _merge_pipeline(_calls(conn, "metrics"))
+    """Pipeline counters over the workers; a merged stream counts the rows its subscribers
+    get (as one instance does), not the workers' partial rows."""
+    parts = _calls(conn, "metrics")
+    runs = list(conn._streams.merges.runs.values())
+    partial = sum(run.merger.rows_in for run in runs)
+    return _merge_pipeline(parts, partial, sum(run.merger.rows_out for run in runs))
 
 
 def _counters(seen: list[dict[str, Any]]) -> dict[str, Any]:
@@ -162,16 +196,22 @@ def _merge_source(parts: list[dict[str, Any] | None]) -> SourceMetrics | None:
     )
 
 
-def _merge_stream(parts: list[dict[str, Any] | None]) -> StreamMetrics | None:
+def _merge_stream(conn: Connection, parts: list[dict[str, Any] | None]) -> StreamMetrics | None:
+    """One stream's metrics as one instance reports them: `pending` is what its most-behind
+    subscriber has not read (the workers' consumers never leave output waiting); a merged
+    stream counts the batches the coordinator emitted and shows its SQL as written."""
     seen = [p for p in parts if p is not None]
     if not seen:
         return None
-    return StreamMetrics(
-        seen[0]["name"],
-        **_counters(seen),
-        watermark=min(p["watermark"] for p in seen),
-        sql=seen[0]["sql"],
-    )
+    name = seen[0]["name"]
+    counters = _counters(seen)
+    counters["pending"] += conn._streams.pending(name)
+    run = conn._streams.merges.runs.get(name)
+    sql = seen[0]["sql"]
+    if run is not None:
+        counters["total_events"] = run.merger.batches_out
+        sql = run.listed_sql
+    return StreamMetrics(name, **counters, watermark=min(p["watermark"] for p in seen), sql=sql)
 
 
 def source_metrics(conn: Connection, name: str) -> SourceMetrics | None:
@@ -179,7 +219,7 @@ def source_metrics(conn: Connection, name: str) -> SourceMetrics | None:
 
 
 def stream_metrics(conn: Connection, name: str) -> StreamMetrics | None:
-    return _merge_stream(_calls(conn, "stream_metrics", [name]))
+    return _merge_stream(conn, _calls(conn, "stream_metrics", [name]))
 
 
 def _by_name(per_worker: list[list[dict[str, Any]]]) -> dict[str, list[dict[str, Any] | None]]:
@@ -196,7 +236,8 @@ def all_source_metrics(conn: Connection) -> list[SourceMetrics]:
 
 
 def all_stream_metrics(conn: Connection) -> list[StreamMetrics]:
-    merged = (_merge_stream(v) for v in _by_name(_calls(conn, "all_stream_metrics")).values())
+    per_name = _by_name(_calls(conn, "all_stream_metrics")).values()
+    merged = (_merge_stream(conn, v) for v in per_name)
     return [m for m in merged if m is not None and not is_hidden(m.name)]
 
 

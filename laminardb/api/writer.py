@@ -80,14 +80,24 @@ class Writer(WriterBase):
             self._conn._check()
             return self._conn._flush(self._name)
 
+    @property
+    def current_watermark(self) -> int:
+        """The source's watermark, as native reports it: the highest of those set through this
+        writer and the cluster watermark that inserts moved (max event time minus delay)."""
+        clock = self._conn._streams.source_watermark(self._name)
+        return self._watermark if clock is None else max(self._watermark, clock)
+
     def watermark(self, timestamp: int) -> None:
-        """Advance the source watermark on every worker (after shipping buffered rows)."""
+        """Advance the source watermark on every worker (after shipping buffered rows) and in
+        the coordinator's cluster clock, so merged windows close and late rows are judged as
+        one native instance does after the same call."""
         self._check()
         with self._conn._lock:
             self._conn._check()
             self._conn._flush(self._name)
             with self._conn._recovery.watermark(self._name, int(timestamp)):  # logged first
                 marks = self._conn._broadcast_call("watermark", [self._name, int(timestamp)])
+            self._conn._streams.advance_watermark(self._name, int(timestamp), self._conn._catalog)
             self._watermark = max([self._watermark, *marks])
 
     def close(self) -> None:

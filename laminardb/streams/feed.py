@@ -125,6 +125,12 @@ class Feed:
                 loop.call_soon_threadsafe(_resolve, future)
         self._waiters.clear()
 
+    @property
+    def pending(self) -> int:
+        """Batches queued and not yet read (native `stream_metrics().pending`)."""
+        with self._cond:
+            return len(self._items)
+
     # -- consumer side ----------------------------------------------------------------------
 
     def _take(self) -> pa.Table | None:

@@ -205,6 +205,20 @@ class StreamHub:
         for run in self.merges.ingest(router, source, rows, catalog):
             self._deliver(run)
 
+    def advance_watermark(self, source: str, timestamp: int, catalog: Catalog) -> None:
+        """A user's `Writer.watermark` reached every worker: the cluster clock follows it."""
+        self.merges.advance(source, timestamp, catalog)
+
+    def source_watermark(self, source: str) -> int | None:
+        """The cluster watermark of `source` (None without a WATERMARK clause or before any)."""
+        return self.merges.watermark(source)
+
+    def pending(self, name: str) -> int:
+        """Batches of stream `name` its most-behind subscriber has not read yet (0 without)."""
+        with self._lock:
+            feeds = list(self._feeds.get(name, ()))
+        return max((feed.pending for feed in feeds), default=0)
+
     def cluster_watermark(self) -> int | None:
         """The highest cluster watermark over sources with one (None before any)."""
         marks = [

@@ -17,11 +17,13 @@ spread over several workers cannot be served by uniting the workers' outputs. In
   end (as of an insert call with rows that were not late: one native instance closes windows
   only on a cycle that carries data) and the partials account for every accepted row the
   coordinator sent into that window (`expect`), so no worker's contribution is missing.
-* `SourceClock` is the cluster watermark of one source, computed the way one native instance
-  computes it from the same insert calls (max event time minus the declared delay, raised by
-  each call *before* its late rows are dropped), and tells the caller when buffered rows must
-  be shipped, or a watermark set on the workers, so that each worker drops exactly the rows
-  that one instance drops.
+* A hop window `hop(ts, INTERVAL <slide>, INTERVAL <size>)` (size a multiple of slide,
+  projected: the form the engine closes correctly) is merged the same way from panes
+  `slide` wide; a window is emitted from the panes it covers, one row per group and pane,
+  as the engine emits it (it also groups by the projected hop value, research §4.4).
+* A HAVING is evaluated here after the merge, per window (having.py): its aggregates are
+  computed as extra partials. Forms the engine itself gets wrong are refused with a reason.
+* `clock.SourceClock` (re-exported here) is the cluster watermark of one source.
 
 Everything here is pure logic over Arrow tables, testable without processes.
 """
@@ -41,16 +43,33 @@ from sqlglot import exp
 
 from laminardb.cluster.catalog import Catalog, Relation
 from laminardb.plan.statements import SQLGLOT_DIALECT
+from laminardb.streams.clock import (
+    DEFAULT_DELAY_MS,
+    MIN_WATERMARK,
+    SourceClock,
+    Step,
+    epoch_ms,
+    interval_ms,
+    watermark_of,
+)
+from laminardb.streams.having import predicate, rewrite
 
-MIN_WATERMARK = -(2**63)
+__all__ = [  # the cluster clock lives in clock.py; re-exported for merged.py and the tests
+    "DEFAULT_DELAY_MS",
+    "MIN_WATERMARK",
+    "SourceClock",
+    "Step",
+    "epoch_ms",
+    "interval_ms",
+    "watermark_of",
+]
+
 HIDDEN_PREFIX = "__ldb_merge_"
 """Name prefix of the workers' partial streams (never shown to users)."""
 STALL_S = 5.0
 """A closed window whose partials stopped short of the expected row count for this long is
 emitted anyway (logged): a safety net should the engine drop rows the clock kept."""
 CYCLE_BUCKET_MS = 1000
-DEFAULT_DELAY_MS = 1000
-"""The native engine honours only INTERVAL delays; any other WATERMARK form acts as 1 s."""
 
 _EMIT_CLOSE = re.compile(r"\bEMIT\s+(?:ON\s+WINDOW\s+CLOSE|FINAL)\s*;?\s*$", re.I | re.S)
 _EMIT_ANY = re.compile(r"\bEMIT\b.*$", re.I | re.S)
@@ -59,25 +78,13 @@ _CREATE = re.compile(
     r"(?:\"[^\"]+\"|[\w.]+)\s+AS\s+(.*)$",
     re.I | re.S,
 )
-_WATERMARK = re.compile(
-    r"WATERMARK\s+FOR\s+(\"[^\"]+\"|\w+)(?:\s+AS\s+([^,)]*(?:\([^)]*\))?[^,)]*))?", re.I
-)
-_INTERVAL = re.compile(r"INTERVAL\s+'\s*(\d+)\s*([a-z]*)\s*'\s*([a-z]*)", re.I)
-_UNIT_MS = {
-    "millisecond": 1,
-    "milliseconds": 1,
-    "ms": 1,
-    "second": 1000,
-    "seconds": 1000,
-    "s": 1000,
-    "minute": 60_000,
-    "minutes": 60_000,
-    "hour": 3_600_000,
-    "hours": 3_600_000,
-    "day": 86_400_000,
-    "days": 86_400_000,
+_AGGS: dict[type[exp.Expression], str] = {
+    exp.Count: "count",
+    exp.Sum: "sum",
+    exp.Min: "min",
+    exp.Max: "max",
+    exp.Avg: "avg",
 }
-_AGGS = {exp.Count: "count", exp.Sum: "sum", exp.Min: "min", exp.Max: "max", exp.Avg: "avg"}
 
 
 def hidden_name(stream: str) -> str:
@@ -115,12 +122,21 @@ class MergePlan:
     source: str
     time_column: str
     size_ms: int
+    slide_ms: int
+    """The window's slide: its size for tumble; a hop window is merged from panes this wide."""
     groups: int
     aggs: tuple[Agg, ...]
     outputs: tuple[Output, ...]
     projected_window: bool
     filtered: bool
     partial_sql: str
+    having: exp.Expression | None = None
+    """HAVING over the merged columns (`__g<i>`, `__f<i>`), applied per window after the merge."""
+
+    @property
+    def window_columns(self) -> bool:
+        """The engine prepends window_start/window_end (a projected window, without HAVING)."""
+        return self.projected_window and self.having is None
 
     @property
     def hidden(self) -> str:
@@ -151,7 +167,7 @@ def plan(stream: str, create_sql: str, catalog: Catalog) -> MergePlan | str:
         return "its SQL could not be analysed"
     if not isinstance(tree, exp.Select) or sum(1 for _ in tree.find_all(exp.Select)) > 1:
         return "it is not a single SELECT"
-    for clause in ("joins", "having", "distinct", "limit", "offset", "order"):
+    for clause in ("joins", "distinct", "limit", "offset", "order"):
         if tree.args.get(clause):
             return f"its {clause.upper()} clause is not merged across workers"
     if tree.find(exp.Window):
@@ -162,13 +178,21 @@ def plan(stream: str, create_sql: str, catalog: Catalog) -> MergePlan | str:
         return "it does not read exactly one source"
     group = tree.args.get("group")
     items = list(group.expressions) if group is not None else []
-    windows = [i for i in items if _is_tumble(i)]
+    windows = [i for i in items if _window_fn(i)]
     if len(windows) != 1:
-        return "it does not group by exactly one tumble(<column>, INTERVAL ...) window"
+        return (
+            "it does not group by exactly one tumble(<column>, INTERVAL ...) or "
+            "hop(<column>, INTERVAL <slide>, INTERVAL <size>) window"
+        )
     window = windows[0]
-    time_column, size_ms = _tumble_args(window, relation)
-    if size_ms is None:
-        return f"its window must be tumble(<BIGINT column>, INTERVAL ...): {window.sql()}"
+    time_column, size_ms, slide_ms = _window_args(window, relation)
+    if size_ms is None or slide_ms is None:
+        return (
+            "its window must be tumble(<BIGINT column>, INTERVAL ...) or "
+            f"hop(<BIGINT column>, INTERVAL <slide>, INTERVAL <size>): {window.sql()}"
+        )
+    if size_ms % slide_ms:
+        return f"its hop window's size is not a multiple of its slide: {window.sql()}"
     group_items = [i for i in items if i is not window]
     group_sql = [i.sql(dialect=SQLGLOT_DIALECT) for i in group_items]
     where = tree.args.get("where")
@@ -181,32 +205,38 @@ def plan(stream: str, create_sql: str, catalog: Catalog) -> MergePlan | str:
     aggs: list[Agg] = []
     outputs: list[Output] = []
     projected = False
+
+    def add_agg(node: exp.Expression, kind: str) -> int | str:
+        """Index of a new aggregate computed as partials, or why it cannot be."""
+        arg = node.this
+        if isinstance(arg, exp.Distinct):
+            return f"{node.sql()} (DISTINCT) is not merged across workers"
+        star = isinstance(arg, exp.Star)
+        arg_sql = "1" if star else arg.sql(dialect=SQLGLOT_DIALECT)
+        i = len(aggs)
+        cols: tuple[str, ...]
+        if kind == "avg":
+            cols = (f"__a{i}s", f"__a{i}c")
+            partials.extend(
+                [f"SUM({wrap(arg_sql)}) AS {cols[0]}", f"COUNT({wrap(arg_sql)}) AS {cols[1]}"]
+            )
+        else:
+            cols = (f"__a{i}",)
+            body = "*" if star and not cond and kind == "count" else wrap(arg_sql)
+            partials.append(f"{kind.upper()}({body}) AS {cols[0]}")
+        aggs.append(Agg(kind, cols))
+        return i
+
     for item in tree.expressions:
         node = item.unalias()
-        kind = next((k for cls, k in _AGGS.items() if type(node) is cls), None)
+        kind = _agg_kind(node)
         if kind is not None:
-            arg = node.this
-            if isinstance(arg, exp.Distinct):
-                return f"{node.sql()} (DISTINCT) is not merged across workers"
-            star = isinstance(arg, exp.Star)
-            arg_sql = "1" if star else arg.sql(dialect=SQLGLOT_DIALECT)
-            i = len(aggs)
-            cols: tuple[str, ...]
-            if kind == "avg":
-                cols = (f"__a{i}s", f"__a{i}c")
-                partials += [
-                    f"SUM({wrap(arg_sql)}) AS {cols[0]}",
-                    f"COUNT({wrap(arg_sql)}) AS {cols[1]}",
-                ]
-            else:
-                cols = (f"__a{i}",)
-                fn = kind.upper()
-                body = "*" if star and not cond and kind == "count" else wrap(arg_sql)
-                partials.append(f"{fn}({body}) AS {cols[0]}")
-            aggs.append(Agg(kind, cols))
+            i = add_agg(node, kind)
+            if isinstance(i, str):
+                return i
             outputs.append(Output("agg", i))
-        elif _is_tumble(node):
-            if _tumble_args(node, relation) != (time_column, size_ms):
+        elif _window_fn(node):
+            if _window_args(node, relation) != (time_column, size_ms, slide_ms):
                 return "it projects a different window than it groups by"
             projected = True
             outputs.append(Output("window"))
@@ -215,8 +245,23 @@ def plan(stream: str, create_sql: str, catalog: Catalog) -> MergePlan | str:
             if text not in group_sql:
                 return f"its output {item.sql()} is neither grouped nor a COUNT/SUM/MIN/MAX/AVG"
             outputs.append(Output("group", group_sql.index(text)))
+    if _window_fn(window) == "hop" and not projected:
+        # the engine emits each pane once instead of every window (research §4.4)
+        return "a hop window that is not projected is not merged across workers"
+    having: exp.Expression | None = None
+    if tree.args.get("having") is not None:
+        if _window_fn(window) == "hop":
+            return "HAVING over a hop window is not merged (the engine's own results are wrong)"
+        selected = {item.unalias().sql(dialect=SQLGLOT_DIALECT) for item in tree.expressions}
+        aliases = {item.alias.lower() for item in tree.expressions if item.alias}
+        rewritten = rewrite(
+            tree.args["having"].this, group_sql, selected, aliases, add_agg, _agg_kind
+        )
+        if isinstance(rewritten, str):
+            return rewritten
+        having = rewritten
     ts = exp.column(time_column, quoted=True).sql(dialect=SQLGLOT_DIALECT)
-    bucket = f"{ts} - ({ts} % {size_ms} + {size_ms}) % {size_ms}"  # floor, as tumble
+    bucket = f"{ts} - ({ts} % {slide_ms} + {slide_ms}) % {slide_ms}"  # floor: the pane
     keys = [f"{g} AS __g{i}" for i, g in enumerate(group_sql)]
     counts = ["COUNT(*) AS __n"] + ([f"COUNT(CASE WHEN {cond} THEN 1 END) AS __m"] if cond else [])
     source = tables[0].sql(dialect=SQLGLOT_DIALECT)
@@ -229,103 +274,48 @@ def plan(stream: str, create_sql: str, catalog: Catalog) -> MergePlan | str:
         source=relation.name,
         time_column=time_column,
         size_ms=size_ms,
+        slide_ms=slide_ms,
         groups=len(group_sql),
         aggs=tuple(aggs),
         outputs=tuple(outputs),
         projected_window=projected,
         filtered=cond is not None,
         partial_sql=partial_sql,
+        having=having,
     )
 
 
-def _is_tumble(node: exp.Expression) -> bool:
-    return isinstance(node, exp.Anonymous) and str(node.this).lower() == "tumble"
+def _agg_kind(node: exp.Expression) -> str | None:
+    return _AGGS.get(type(node))
 
 
-def _tumble_args(node: exp.Expression, relation: Relation) -> tuple[str, int | None]:
+def _window_fn(node: exp.Expression) -> str | None:
+    """The window function `node` calls ("tumble" or "hop"), None for anything else."""
+    if isinstance(node, exp.Anonymous) and str(node.this).lower() in ("tumble", "hop"):
+        return str(node.this).lower()
+    return None
+
+
+def _window_args(node: exp.Expression, relation: Relation) -> tuple[str, int | None, int | None]:
+    """(time column, size ms, slide ms) of `tumble(col, size)` / `hop(col, slide, size)` over a
+    BIGINT column. (Native windows over a TIMESTAMP column emit nothing for rows of the
+    column's declared type, so they are not merged.)"""
     args = node.expressions
+    hop = _window_fn(node) == "hop"
     if (
-        len(args) != 2
+        len(args) != (3 if hop else 2)
         or not isinstance(args[0], exp.Column)
-        or not isinstance(args[1], exp.Interval)
+        or not all(isinstance(a, exp.Interval) for a in args[1:])
     ):
-        return "", None
+        return "", None, None
     column = next((n for n in relation.schema.names if n.lower() == args[0].name.lower()), None)
     if column is None or relation.schema.field(column).type != pa.int64():
-        return "", None
-    return column, interval_ms(args[1].sql(dialect=SQLGLOT_DIALECT))
-
-
-def interval_ms(text: str) -> int | None:
-    """Milliseconds of an `INTERVAL '5' SECOND` / `INTERVAL '5 SECOND'` literal, None if not one."""
-    match = _INTERVAL.search(text)
-    if match is None:
-        return None
-    unit = (match.group(2) or match.group(3) or "").lower()
-    factor = _UNIT_MS.get(unit)
-    return None if factor is None else int(match.group(1)) * factor
-
-
-def watermark_of(relation: Relation) -> tuple[str, int] | None:
-    """(column, delay ms) of a source's WATERMARK clause as the engine honours it, or None."""
-    match = _WATERMARK.search(relation.create_sql)
-    if match is None:
-        return None
-    name = match.group(1).strip('"')
-    column = next((n for n in relation.schema.names if n.lower() == name.lower()), name)
-    delay = interval_ms(match.group(2) or "") if match.group(2) else None
-    return column, DEFAULT_DELAY_MS if delay is None else delay
-
-
-# -- the cluster watermark of one source ---------------------------------------------------------
-
-
-@dataclass
-class Step:
-    """What one insert call does to its source's watermark, and what the caller must do."""
-
-    watermark: int
-    live: pa.Array | None
-    """The call's rows that are not late (a boolean mask), None when all are."""
-    flush_before: bool
-    """Ship what is buffered first: coalesced with this call, some of it would be dropped."""
-    set_watermark: bool
-    """The call has late rows: set `watermark` on every worker before shipping it (alone)."""
-    any_live: bool
-
-
-@dataclass
-class SourceClock:
-    """One source's watermark as one native instance computes it over the same insert calls."""
-
-    column: str
-    delay_ms: int
-    watermark: int = MIN_WATERMARK
-    buffered_min: int | None = None
-
-    def observe(self, table: pa.Table, buffered: bool) -> Step:
-        """Account for an insert call of `table`; `buffered`: rows of this source wait unsent."""
-        if not buffered:
-            self.buffered_min = None
-        ts = table.column(self.column)
-        bounds = pc.min_max(ts)
-        low, high = bounds["min"].as_py(), bounds["max"].as_py()
-        if high is None:
-            return Step(self.watermark, None, False, False, False)
-        mark = max(self.watermark, int(high) - self.delay_ms)
-        self.watermark = mark
-        late = int(low) < mark
-        flush_before = self.buffered_min is not None and (late or self.buffered_min < mark)
-        if late:
-            live = pc.fill_null(pc.greater_equal(ts, mark), False)
-            self.buffered_min = None
-            return Step(mark, live, flush_before, True, bool(pc.any(live).as_py()))
-        self.buffered_min = (
-            int(low)
-            if flush_before or self.buffered_min is None
-            else min(self.buffered_min, int(low))
-        )
-        return Step(mark, None, flush_before, False, True)
+        return "", None, None
+    sizes = [interval_ms(a.sql(dialect=SQLGLOT_DIALECT)) for a in args[1:]]
+    if any(not size for size in sizes):
+        return "", None, None
+    slide, size = (sizes[0], sizes[1]) if hop else (sizes[0], sizes[0])
+    return column, size, slide
 
 
 # -- merging ------------------------------------------------------------------------------------
@@ -350,6 +340,7 @@ class WindowMerger:
     def __init__(self, merge_plan: MergePlan, schema: pa.Schema, stall_s: float = STALL_S):
         self.plan = merge_plan
         self.schema = schema
+        self._having = None if merge_plan.having is None else predicate(merge_plan.having)
         self.stall_s = stall_s
         self.closable = MIN_WATERMARK
         self.stalled = 0
@@ -360,6 +351,11 @@ class WindowMerger:
         self._lost: set[int] = set()  # open when a worker restarted: never emitted
         self.lost = 0
         """Windows dropped because a worker restarted while they were open (see `lose_open`)."""
+        self.rows_in = 0
+        """Partial rows received from the workers (their engines count them as emitted)."""
+        self.batches_out = 0
+        self.rows_out = 0
+        """Batches and rows emitted to subscribers: what one instance's stream counts."""
         self._lock = threading.Lock()
         self.emit_lock = threading.Lock()
         """Held by callers from `ready` until they have delivered its result (keeps order)."""
@@ -377,8 +373,8 @@ class WindowMerger:
         now = time.monotonic()
         with self._lock:
             if len(values):
-                size = self.plan.size_ms
-                starts, counts = np.unique(values - np.mod(values, size), return_counts=True)
+                pane = self.plan.slide_ms
+                starts, counts = np.unique(values - np.mod(values, pane), return_counts=True)
                 for start, count in zip(starts.tolist(), counts.tolist(), strict=True):
                     window = self._windows.setdefault(int(start), _Window())
                     window.expected += int(count)
@@ -393,6 +389,7 @@ class WindowMerger:
         now = time.monotonic()
         starts = partial.column("__w")
         with self._lock:
+            self.rows_in += partial.num_rows
             for start in pc.unique(starts).to_pylist():
                 if start is None:
                     continue
@@ -406,32 +403,51 @@ class WindowMerger:
                 window.touched = now
 
     def ready(self, now: float | None = None) -> pa.Table | None:
-        """The rows of every window that can be emitted now (None when none), in window order."""
+        """The rows of every window that can be emitted now (None when none), in window order.
+
+        Partials are kept by pane (`slide_ms` wide; a tumble window is one pane). A window
+        `[start, start + size)` is emitted once the clock passed its end and each of its panes
+        holds every row expected; its panes that no later window covers are then dropped."""
         now = time.monotonic() if now is None else now
-        done: list[tuple[int, list[pa.Table]]] = []
+        size, slide = self.plan.size_ms, self.plan.slide_ms
+        done: list[tuple[int, list[tuple[int, list[pa.Table]]]]] = []
         with self._lock:
-            for start in sorted(self._windows):
-                window = self._windows[start]
-                if start + self.plan.size_ms > self.closable:
+            while self._windows:
+                start = min(self._windows) - size + slide  # the first window with data
+                if self._emitted != MIN_WATERMARK:
+                    start = max(start, self._emitted + slide)
+                if start + size > self.closable:
                     break
-                if start in self._lost:
-                    del self._windows[start]
-                    self._lost.discard(start)
-                    self._emitted = start
-                    self.lost += 1
-                    continue
-                if window.received < window.expected:
-                    if now - window.touched < self.stall_s:
-                        break
-                    self.stalled += 1
-                done.append((start, window.parts))
-                del self._windows[start]
+                panes = sorted(p for p in self._windows if p < start + size)
+                if any(p in self._lost for p in panes):
+                    self.lost += 1  # a pane is short since a worker restarted: not emitted
+                else:
+                    short = [
+                        self._windows[p]
+                        for p in panes
+                        if self._windows[p].received < self._windows[p].expected
+                    ]
+                    if short:
+                        if now - max(w.touched for w in short) < self.stall_s:
+                            break
+                        self.stalled += 1
+                    done.append((start, [(p, list(self._windows[p].parts)) for p in panes]))
                 self._emitted = start
+                for p in panes:
+                    if p <= start:  # no later window covers it
+                        del self._windows[p]
+                        self._lost.discard(p)
         if not done:
             return None
-        tables = [self._finish(start, parts) for start, parts in done]
+        tables = [self._finish(start, panes) for start, panes in done]
         tables = [t for t in tables if t.num_rows]
-        return pa.concat_tables(tables) if tables else None
+        if not tables:
+            return None
+        out = pa.concat_tables(tables)
+        with self._lock:
+            self.batches_out += 1
+            self.rows_out += out.num_rows
+        return out
 
     def lose_open(self) -> list[int]:
         """A worker restarted: the partials it had not sent are gone, so every window open now
@@ -446,24 +462,37 @@ class WindowMerger:
         with self._lock:
             return len(self._windows)
 
-    def _finish(self, start: int, parts: list[pa.Table]) -> pa.Table:
+    def _finish(self, start: int, panes: list[tuple[int, list[pa.Table]]]) -> pa.Table:
+        """The rows of window `start`: one per group and pane, as the engine emits them (it
+        groups a hop window's rows also by the projected hop value, the first window start
+        of the row's pane; for tumble, that is the window's start)."""
+        tables = [self._finish_pane(start, pane, parts) for pane, parts in panes]
+        tables = [t for t in tables if t is not None]
+        return pa.concat_tables(tables) if tables else self._empty()
+
+    def _finish_pane(self, start: int, pane: int, parts: list[pa.Table]) -> pa.Table | None:
         merged = _merge(self.plan, parts)
-        if merged is None:
-            return self._empty()
+        if merged is not None and self._having is not None:
+            for i, agg in enumerate(self.plan.aggs):
+                merged = merged.append_column(f"__f{i}", _final(agg, merged))
+            merged = merged.filter(self._having)
+        if merged is None or merged.num_rows == 0:
+            return None
         n = merged.num_rows
         columns: list[pa.Array | pa.ChunkedArray] = []
         names: list[str] = []
-        if self.plan.projected_window:
+        if self.plan.window_columns:
             columns += [
                 pa.array([start] * n, pa.int64()),
                 pa.array([start + self.plan.size_ms] * n, pa.int64()),
             ]
             names += ["window_start", "window_end"]
+        hop_value = pane - self.plan.size_ms + self.plan.slide_ms
         for out, target in zip(self.plan.outputs, self.schema, strict=True):
             if out.kind == "group":
                 column = merged.column(f"__g{out.index}")
             elif out.kind == "window":
-                column = pa.array([start] * n, pa.int64()).cast(pa.timestamp("ms"))
+                column = pa.array([hop_value] * n, pa.int64()).cast(pa.timestamp("ms"))
             else:
                 column = _final(self.plan.aggs[out.index], merged)
             columns.append(column.cast(target.type))
@@ -474,7 +503,7 @@ class WindowMerger:
     def output_schema(self) -> pa.Schema:
         """The stream's batches' schema (the engine prepends the window when it is projected)."""
         fields = list(self.schema)
-        if self.plan.projected_window:
+        if self.plan.window_columns:
             fields = [
                 pa.field("window_start", pa.int64()),
                 pa.field("window_end", pa.int64()),

@@ -110,7 +110,8 @@ class Merges:
             except LaminarError as again:
                 log.error("stream %s could not be restored on every worker: %s", name, again)
             return
-        self.runs[name] = Run(planned, merge.WindowMerger(planned, schema), timed, listed)
+        merger = merge.WindowMerger(planned, schema)
+        self.runs[name] = Run(planned, merger, timed, listed)
 
     def restore(self, shard: int) -> None:
         """Put the partial forms back on a worker that was restarted with the user's DDL (call
@@ -184,6 +185,15 @@ class Merges:
             router.flush(source)  # alone: later calls would raise its rows' watermark
         return runs
 
+    def advance(self, source: str, timestamp: int, catalog: Catalog) -> None:
+        """A user's `Writer.watermark(timestamp)` (already set on every worker): the source's
+        cluster watermark rises to it as one instance's does, so later rows behind it count
+        as late (not expected by any window) and windows ending by it close on the next call
+        that carries live rows, as natively (a watermark alone closes nothing)."""
+        clock = self._clock(source, catalog)
+        if clock is not None:
+            clock.advance(timestamp)
+
     def watermark(self, source: str) -> int | None:
         """The cluster watermark of `source` (None when it has no WATERMARK or no insert yet)."""
         clock = self._clocks.get(source)
@@ -195,8 +205,20 @@ class Merges:
         return [name for name, clock in self._clocks.items() if clock is not None]
 
     def _clock(self, source: str, catalog: Catalog) -> merge.SourceClock | None:
+        """The source's clock, made on first use. It starts from the workers' own source
+        watermark: after a reopen (or a restart) they replayed rows and watermarks that this
+        connection's calls did not bring."""
         if source not in self._clocks:
             relation = catalog.get(source)
             mark = merge.watermark_of(relation) if relation is not None else None
-            self._clocks[source] = merge.SourceClock(*mark) if mark is not None else None
+            clock = merge.SourceClock(*mark) if mark is not None else None
+            if clock is not None:
+                clock.advance(self._workers_watermark(source))
+            self._clocks[source] = clock
         return self._clocks[source]
+
+    def _workers_watermark(self, source: str) -> int:
+        call = protocol.Call
+        replies = self._cluster.broadcast(lambda rid: call(rid, "source_metrics", [source]))
+        marks = [int(r.value["watermark"]) for r in replies if r.value]
+        return max(marks, default=merge.MIN_WATERMARK)
