@@ -148,6 +148,10 @@ class Server:
             return None, None
         if isinstance(r, protocol.Query):
             return None, arrow_ipc.dumps(engine.query(r.sql))
+        if isinstance(r, protocol.BroadcastQuery):
+            from workers import broadcast  # small relations shipped for one query
+
+            return None, arrow_ipc.dumps(broadcast.run(engine.conn, self.arena.view, r))
         if isinstance(r, protocol.Execute):
             result = engine.execute(r.sql, r.kind, r.name)
             table = result.pop("table")

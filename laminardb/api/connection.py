@@ -83,7 +83,9 @@ class Connection:
     memory); `recovery`, for `:memory:`, keeps a private temporary log so that a worker that
     dies is restarted and rebuilt as with a path (laminardb/cluster/recovery.py);
     `durability="sync"` (with a log) makes `insert()` return only once its rows are logged,
-    fsynced and committed, instead of within 10 ms of it (the default, "buffered").
+    fsynced and committed, instead of within 10 ms of it (the default, "buffered");
+    `broadcast_rows`, the most rows the small sides of a join may hold together to be shipped
+    to every worker (a broadcast join; default 100,000, 0: never; laminardb/plan/broadcast.py).
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class Connection:
         subscription_bytes: int = stream_feed.MAX_BYTES,
         recovery: bool = False,
         durability: str = "buffered",
+        broadcast_rows: int | None = None,
     ):
         self.path = path
         self.config = config or LaminarConfig()
@@ -111,7 +114,10 @@ class Connection:
             self._durable.durability = mode
         self._logging = False  # set once the log is replayed: from then on, log changes
         options = ClusterOptions(
-            workers=workers, arena_bytes=arena_bytes, request_timeout_s=request_timeout_s
+            workers=workers,
+            arena_bytes=arena_bytes,
+            request_timeout_s=request_timeout_s,
+            broadcast_rows=broadcast_rows,
         )
         try:
             self._cluster = Cluster(options)

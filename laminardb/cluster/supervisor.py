@@ -60,6 +60,7 @@ class ClusterOptions:
     request_timeout_s: float = 300.0
     pin_cpus: bool = True
     log_level: int = logging.WARNING
+    broadcast_rows: int | None = None  # planner: None = laminardb.plan.broadcast.BROADCAST_ROWS
 
 
 @dataclass

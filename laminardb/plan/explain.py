@@ -34,7 +34,7 @@ def rows(
     shows `gather.explain_rows`)."""
     found = distributed.cached_plan(sql, catalog)
     if found is None:
-        return extended.explain_rows(sql, catalog, workers)
+        return extended.explain_rows(sql, catalog, workers, fetch)
     if distributed.refusal(found, catalog) is not None:
         return None
     shown = distributed.explain_rows(found, workers, checked=True)

@@ -53,6 +53,9 @@ def run(sql: str, catalog: Catalog, fetch: Fetch) -> pa.Table | None:
             return execute_join_aggregate(found, catalog, fetch)
         if found is not None:
             return execute_compound(found, catalog, fetch, 0)
+        from laminardb.plan import broadcast_run  # a small side shipped to every worker
+
+        return broadcast_run.run(sql, catalog, fetch)
     except Exception as exc:
         log.debug("extended plan handed back to gather: %s", exc)
     return None
@@ -70,6 +73,10 @@ def answer(sql: str, catalog: Catalog, fetch: Fetch, depth: int) -> pa.Table:
         return execute_join_aggregate(nested, catalog, fetch)
     if nested is not None and depth < MAX_DEPTH:
         return execute_compound(nested, catalog, fetch, depth + 1)
+    if nested is None:
+        from laminardb.plan import broadcast_run
+
+        return broadcast_run.answer(sql, catalog, fetch)
     raise Fallback(f"no rule plans {sql!r}")
 
 
@@ -265,15 +272,22 @@ def conform(rows: pa.Table, expected: pa.Schema) -> pa.Table:
 # ---------------------------------------------------------------------------- explain
 
 
-def explain_rows(sql: str, catalog: Catalog, workers: int) -> list[tuple[str, str]] | None:
-    """The plan of `sql` as (plan_key, plan_value) rows, or None when no rule here plans it."""
-    return _explain(sql, catalog, workers, "", 0)
+def explain_rows(
+    sql: str, catalog: Catalog, workers: int, fetch: Fetch | None = None
+) -> list[tuple[str, str]] | None:
+    """The plan of `sql` as (plan_key, plan_value) rows, or None when no rule here plans it
+    (a broadcast plan needs `fetch`: it is chosen by row counts)."""
+    return _explain(sql, catalog, workers, "", 0, fetch)
 
 
 def _explain(
-    sql: str, catalog: Catalog, workers: int, prefix: str, depth: int
+    sql: str, catalog: Catalog, workers: int, prefix: str, depth: int, fetch: Fetch | None = None
 ) -> list[tuple[str, str]] | None:
     found = cached_plan(sql, catalog)
+    if found is None:
+        from laminardb.plan import broadcast_run
+
+        return broadcast_run.explain_rows(sql, catalog, workers, fetch, prefix)
     if found is not None and _refusal(found, catalog) is not None:
         return None  # execution would gather it: so does explain
     if isinstance(found, LocalPlan):
@@ -303,7 +317,7 @@ def _explain(
             shown = distributed.explain_rows(split_plan, workers, checked=True)
             rows += [(inner + k, v) for k, v in shown]
             continue
-        nested = _explain(piece.sql, catalog, workers, inner, depth + 1)
+        nested = _explain(piece.sql, catalog, workers, inner, depth + 1, fetch)
         if nested is None:
             return None
         rows += nested

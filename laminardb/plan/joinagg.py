@@ -57,6 +57,23 @@ def plan(sql: str, catalog: Catalog) -> JoinAggPlan | None:
 
 
 def _plan(sql: str, catalog: Catalog) -> JoinAggPlan:
+    inner, outer = split_join(sql)
+    local = joins.plan(inner, catalog)
+    if (
+        not isinstance(local, LocalPlan)
+        or local.rule is not LocalRule.CO_PARTITIONED
+        or local.merge_sql is not None
+        or local.shards is not None
+        or local.worker_sql != inner
+    ):
+        raise NoLocal("the join is not co-partitioned")
+    return JoinAggPlan(sql, local.relations, inner, outer)
+
+
+def split_join(sql: str) -> tuple[str, str]:
+    """(the inner query: the join with every column the outer clauses use, the outer query
+    over `DERIVED`) of an aggregate over a join; NoLocal for any other shape. The join's
+    partitioning is not checked here (`broadcast` uses it for broadcast joins too)."""
     tree = sqltext.parse(sql)
     if not isinstance(tree, exp.Select) or not tree.args.get("joins"):
         raise NoLocal("not a SELECT over a join")
@@ -98,19 +115,10 @@ def _plan(sql: str, catalog: Catalog) -> JoinAggPlan:
         raise NoLocal("a star outside count(*)")
     columns = [f"{text} AS {alias}" for text, alias in names.items()] or ['1 AS "_j0"']
     inner = f"SELECT {', '.join(columns)} {sql[lo:hi]}"
-    local = joins.plan(inner, catalog)
-    if (
-        not isinstance(local, LocalPlan)
-        or local.rule is not LocalRule.CO_PARTITIONED
-        or local.merge_sql is not None
-        or local.shards is not None
-        or local.worker_sql != inner
-    ):
-        raise NoLocal("the join is not co-partitioned")
     outer = sql
     for start, end, alias in sorted([*spans, (lo, hi, f"FROM {DERIVED}")], reverse=True):
         outer = outer[:start] + alias + outer[end:]
-    return JoinAggPlan(sql, local.relations, inner, outer)
+    return inner, outer
 
 
 def _ordered_by(col: exp.Column, tree: exp.Select) -> bool:

@@ -188,6 +188,25 @@ class WriteQuery(msgspec.Struct, tag=True):
     options: dict[str, Any]
 
 
+class TempRelation(msgspec.Struct):
+    """A small relation shipped for one `BroadcastQuery`: created by `ddl` as source `name`
+    and filled with the Arrow IPC stream at `offset` (`length` bytes) of the worker's arena."""
+
+    name: str
+    ddl: str
+    offset: int
+    length: int
+
+
+class BroadcastQuery(msgspec.Struct, tag=True):
+    """Run the SELECT `sql` with `relations` present as temporary sources, dropped after
+    (workers/broadcast.py); the reply carries the result like `Query`'s."""
+
+    rid: int
+    sql: str
+    relations: list[TempRelation]
+
+
 Request = (
     Execute
     | Query
@@ -201,6 +220,7 @@ Request = (
     | ReadFiles
     | StageSegments
     | WriteQuery
+    | BroadcastQuery
 )
 ToWorker = Request
 FromWorker = Hello | Reply

@@ -1,0 +1,305 @@
+"""Run `broadcast` plans: count rows, choose the big side, ship the small ones, merge.
+
+`extended` calls `run` when no shard-local, compound or co-partitioned-aggregate plan
+applies, before the gather path. Steps, each of which hands the query back to the gather
+path (returns None / raises `Fallback`) on any surprise:
+
+1. Count the rows of every relation a candidate reads: one `count(*)` query per worker
+   (answered from the engine's statistics), plus one on the home worker of each table.
+2. `broadcast.choose` the candidate with the biggest big side whose small relations are
+   small enough; probe the query over empty relations in a native engine (the single
+   instance's verdict and the answer's schema), as every rule does.
+3. Fetch each small relation once (only the columns the query names) and serialise it
+   once as Arrow IPC; copy it into every asked worker's shared-memory arena (the path
+   inserts take) and send `BroadcastQuery`: the worker creates its private temporary
+   sources, runs the worker SQL and drops them (workers/broadcast.py).
+4. Concatenate the workers' rows and merge (ORDER BY / LIMIT / DISTINCT, or split's
+   two-phase merge for an aggregate), under the probe's schema.
+
+The caller holds the cluster lock (as for every query), so the arenas are free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from laminardb.api.errors import LaminarError
+from laminardb.cluster.catalog import Catalog, Relation, quote
+from laminardb.plan import broadcast, distributed, extended
+from laminardb.plan.broadcast import BroadcastPlan, Small
+from laminardb.plan.distributed import Fallback, Fetch
+from laminardb.plan.split import PARTIALS
+from laminardb.plan.sqltext import NoLocal
+from laminardb.wire import arrow_ipc, protocol
+
+_ALIGN = 64
+Shipment = list[tuple[Small, pa.Buffer]]
+
+
+def run(sql: str, catalog: Catalog, fetch: Fetch) -> pa.Table | None:
+    """The answer of `sql` through a broadcast plan, or None when none applies (no
+    candidate, nothing small enough, or `fetch` cannot ship: it has no cluster)."""
+    chosen = _choose(sql, catalog, fetch)
+    if chosen is None:
+        return None
+    return execute(chosen[0], catalog, fetch)
+
+
+def answer(sql: str, catalog: Catalog, fetch: Fetch) -> pa.Table:
+    """Like `run`, raising `Fallback` when no broadcast plan applies (for compound pieces)."""
+    found = run(sql, catalog, fetch)
+    if found is None:
+        raise Fallback(f"no broadcast plan for {sql!r}")
+    return found
+
+
+def _choose(
+    sql: str, catalog: Catalog, fetch: Fetch
+) -> tuple[BroadcastPlan, dict[str, int]] | None:
+    found = broadcast.candidates(sql, catalog)
+    if not found or getattr(fetch, "cluster", None) is None:
+        return None
+    names = sorted({n for plan in found for n in plan.relations})
+    counts = cached_counts([_relation(n, catalog) for n in names], fetch)
+    chosen = broadcast.choose(found, counts, threshold(fetch))
+    return None if chosen is None else (chosen, counts)
+
+
+def threshold(fetch: Fetch) -> int:
+    """The connection's `broadcast_rows` (its cluster's options), else the module default."""
+    options = getattr(getattr(fetch, "cluster", None), "options", None)
+    value = getattr(options, "broadcast_rows", None)
+    return broadcast.BROADCAST_ROWS if value is None else int(value)
+
+
+COUNT_TTL_S = 1.0
+"""Row counts are reused this long (a dashboard repeating a query skips the count round
+trip). They only choose the plan: a stale count never changes an answer, and a small
+relation that has grown past the threshold is caught when it is fetched (`prepare`)."""
+
+_counts_lock = threading.Lock()
+_counts: dict[tuple[int, str, str], tuple[float, int]] = {}
+
+
+def cached_counts(relations: Sequence[Relation], fetch: Fetch) -> dict[str, int]:
+    """`count_rows`, from counts taken less than `COUNT_TTL_S` ago when all are known
+    (per cluster, relation name and definition)."""
+    now = time.monotonic()
+    owner = id(getattr(fetch, "cluster", fetch))  # one connection's counts are not another's
+    keys = [(owner, r.name, r.create_sql + r.schema.to_string()) for r in relations]
+    with _counts_lock:
+        hits = [_counts.get(k) for k in keys]
+    if all(h is not None and now - h[0] < COUNT_TTL_S for h in hits):
+        return {r.name: h[1] for r, h in zip(relations, hits, strict=True) if h is not None}
+    counts = count_rows(relations, fetch)
+    with _counts_lock:
+        if len(_counts) > 4096:
+            _counts.clear()
+        for r, k in zip(relations, keys, strict=True):
+            _counts[k] = (now, counts[r.name])
+    return counts
+
+
+def count_rows(relations: Sequence[Relation], fetch: Fetch) -> dict[str, int]:
+    """Rows of each relation: one query per worker for the spread ones, one on each table's home."""
+    counts: dict[str, int] = {}
+    spread = [r for r in relations if r.home is None]
+    if spread:
+        items = ", ".join(
+            f"(SELECT count(*) FROM {r.name}) AS {quote(f'c{i}')}" for i, r in enumerate(spread)
+        )
+        for table in fetch(f"SELECT {items}", None):
+            for r, column in zip(spread, table.columns, strict=True):
+                counts[r.name] = counts.get(r.name, 0) + sum(
+                    int(v or 0) for v in column.to_pylist()
+                )
+    for r in relations:
+        if r.home is not None:
+            (table,) = fetch(f"SELECT count(*) FROM {r.name}", [r.home])
+            counts[r.name] = int(table.column(0)[0].as_py() or 0) if table.num_rows else 0
+    return counts
+
+
+def _relation(name: str, catalog: Catalog) -> Relation:
+    relation = catalog.get(name)
+    if relation is None:
+        raise Fallback(f"relation {name} is gone")
+    return relation
+
+
+# ---------------------------------------------------------------------------- execution
+
+
+def execute(plan: BroadcastPlan, catalog: Catalog, fetch: Fetch) -> pa.Table:
+    """Run `plan`; raises on any problem (`Fallback` for the planner's own reasons)."""
+    cluster = getattr(fetch, "cluster", None)
+    if cluster is None:
+        raise Fallback("no cluster to ship the small relations to")
+    relations = [_relation(n, catalog) for n in plan.relations]
+    if plan.aggregate is not None:
+        return _execute_aggregate(plan, catalog, fetch, cluster, relations)
+    expected, worker = extended.probe(plan.sql, plan.probe_sql, relations, empty=True)
+    shipment = prepare(plan, catalog, fetch)
+    names = [f"_p{i}" for i in range(len(worker))]
+    partial = pa.schema([pa.field(n, f.type) for n, f in zip(names, worker, strict=True)])
+    parts = []
+    for table in ship(cluster, shipment, plan.worker_sql, plan.shards):
+        if table.schema.types != partial.types:
+            raise Fallback(f"worker types {table.schema.types} differ from {partial.types}")
+        parts.append(pa.Table.from_arrays(table.columns, schema=partial))
+    rows = pa.concat_tables(parts) if parts else partial.empty_table()
+    if plan.merge_sql is not None:
+        rows = extended.merge(plan.merge_sql, {PARTIALS: rows})
+    return extended.conform(rows, expected)
+
+
+def _execute_aggregate(
+    plan: BroadcastPlan, catalog: Catalog, fetch: Fetch, cluster: Any, relations: list[Relation]
+) -> pa.Table:
+    """Split's two-phase plan of the aggregate, each worker running its partials over its
+    part of the broadcast join."""
+    assert plan.aggregate is not None
+    expected, _ = extended.probe(plan.sql, None, relations, empty=False)
+    outer, derived, worker_sql = extended.join_aggregate_plan(plan.aggregate, catalog)
+    private = _private(worker_sql, plan)
+    shipment = prepare(plan, catalog, fetch)
+
+    def over_the_join(sql: str, shards: list[int] | None) -> Sequence[pa.Table]:
+        if sql != outer.worker_sql:
+            raise Fallback("the outer plan asked for other SQL")
+        return ship(cluster, shipment, private, None if shards is None else tuple(shards))
+
+    return extended.conform(distributed.execute(outer, derived, over_the_join), expected)
+
+
+def _private(worker_sql: str, plan: BroadcastPlan) -> str:
+    try:
+        return broadcast.private_sql(worker_sql, {s.name: s.private for s in plan.small})
+    except NoLocal as exc:
+        raise Fallback(str(exc)) from None
+
+
+def prepare(plan: BroadcastPlan, catalog: Catalog, fetch: Fetch) -> Shipment:
+    """Each small relation's shipped columns, fetched once and serialised as Arrow IPC,
+    typed as its temporary source declares them (the relation's types, nullable); Fallback
+    when one holds more than `BROADCAST_ROWS` rows (at most that many more are fetched)."""
+    out: Shipment = []
+    for small in plan.small:
+        relation = _relation(small.name, catalog)
+        columns = ", ".join(quote(c) for c in small.columns)
+        shards = None if relation.home is None else [relation.home]
+        limit = threshold(fetch)
+        parts = list(fetch(f"SELECT {columns} FROM {relation.name} LIMIT {limit + 1}", shards))
+        if sum(p.num_rows for p in parts) > limit:  # grown since it was counted
+            raise Fallback(f"{small.name} holds more than {limit} rows")
+        schema = pa.schema([pa.field(c, relation.schema.field(c).type) for c in small.columns])
+        for part in parts:
+            if part.schema.types != schema.types:
+                raise Fallback(f"{small.name} came back as {part.schema.types}")
+        table = pa.concat_tables(
+            [pa.Table.from_arrays(p.columns, schema=schema) for p in parts]
+        ).combine_chunks()
+        out.append((small, arrow_ipc.dumps(table)))
+    return out
+
+
+def ship(
+    cluster: Any, shipment: Shipment, sql: str, shards: tuple[int, ...] | None
+) -> list[pa.Table]:
+    """Copy `shipment` into each worker's arena, run `sql` there with it; rows in shard order.
+    Every asked worker has answered (or is gone) when this returns or raises, so the
+    arenas are free again."""
+    needed = sum(_aligned(data.size) for _, data in shipment)
+    targets = range(len(cluster.workers)) if shards is None else shards
+    pending: dict[int, int] = {}
+    failure: BaseException | None = None
+    for shard in targets:
+        arena = cluster.workers[shard].arena
+        if needed > arena.size:
+            failure = Fallback(f"{needed} bytes to broadcast do not fit the arena")
+            break
+        view = np.frombuffer(arena.view, dtype=np.uint8)
+        relations: list[protocol.TempRelation] = []
+        offset = 0
+        for small, data in shipment:
+            view[offset : offset + data.size] = np.frombuffer(data, dtype=np.uint8)
+            relations.append(protocol.TempRelation(small.private, small.ddl, offset, data.size))
+            offset += _aligned(data.size)
+        del view
+        rid = cluster.new_rid()
+        try:
+            cluster.send(shard, protocol.BroadcastQuery(rid, sql, relations))
+        except LaminarError as exc:
+            failure = exc
+            break
+        pending[rid] = shard
+    if failure is not None:
+        with contextlib.suppress(LaminarError):
+            cluster.collect(pending)
+        raise failure
+    replies = cluster.collect(pending)
+    ordered = sorted(replies.values(), key=lambda r: r.shard)
+    return [arrow_ipc.loads(r.data.buffer) for r in ordered]
+
+
+def _aligned(size: int) -> int:
+    return -(-size // _ALIGN) * _ALIGN
+
+
+# ---------------------------------------------------------------------------- explain
+
+
+def explain_rows(
+    sql: str, catalog: Catalog, workers: int, fetch: Fetch | None, prefix: str = ""
+) -> list[tuple[str, str]] | None:
+    """The broadcast plan execution would follow, as (plan_key, plan_value) rows, or None
+    when it would not run one (the small relations are fetched to count the bytes shipped)."""
+    if fetch is None:
+        return None
+    try:
+        chosen = _choose(sql, catalog, fetch)
+        if chosen is None:
+            return None
+        plan, counts = chosen
+        relations = [_relation(n, catalog) for n in plan.relations]
+        shipped = sum(data.size for _, data in prepare(plan, catalog, fetch))
+        asked = list(range(workers)) if plan.shards is None else list(plan.shards)
+        if plan.aggregate is not None:
+            extended.probe(plan.sql, None, relations, empty=False)
+            outer, derived, worker_sql = extended.join_aggregate_plan(plan.aggregate, catalog)
+            if distributed.refusal(outer, derived) is not None:
+                return None
+            named = dict(distributed.explain_rows(outer, workers, checked=True))
+            kind, worker, merge = (
+                "broadcast, two-phase aggregation over the join",
+                _private(worker_sql, plan),
+                named.get("merge", ""),
+            )
+        else:
+            extended.probe(plan.sql, plan.probe_sql, relations, empty=True)
+            kind, worker = "broadcast", plan.worker_sql
+            merge = plan.merge_sql or "concatenate the workers' rows"
+    except (Fallback, NoLocal, LaminarError):
+        return None
+    except Exception:  # the native engine's own errors: execution would gather too
+        return None
+    rows = [
+        ("distributed_plan", kind),
+        ("workers", ",".join(str(i) for i in asked)),
+        ("big_relation", f"{plan.big} ({counts.get(plan.big, 0):,} rows, stays on its workers)"),
+        ("broadcast", broadcast.describe(plan, counts)),
+        (
+            "bytes_shipped",
+            f"{shipped:,} bytes to each of {len(asked)} workers ({shipped * len(asked):,} in all)",
+        ),
+        ("worker_sql", worker),
+        ("merge", merge),
+    ]
+    return [(prefix + k, v) for k, v in rows]
