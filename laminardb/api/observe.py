@@ -347,7 +347,7 @@ def explain(conn: Connection, query: str) -> pa.Table:
     workers = len(conn._cluster.workers)
     fetch = distributed.cluster_fetch(conn._cluster)
     ours = plan_explain.rows(stmt.sql, conn._catalog, workers, fetch) or gather.explain_rows(
-        stmt.sql, tables, workers
+        stmt.sql, tables, workers, conn._catalog
     )
     keys = [k for k, _ in ours] + [str(v) for v in engine_plan.column(0).to_pylist()]
     values = [v for _, v in ours] + [str(v) for v in engine_plan.column(1).to_pylist()]
