@@ -1,9 +1,9 @@
 """The worker's side of a broadcast join: hold the small relations for one query, then drop them.
 
 The coordinator writes each small relation (Arrow IPC) into this worker's shared-memory
-arena and sends `BroadcastQuery`. The worker copies each one out (an aligned private copy:
-the arena is reused by the next request, and the engine keeps references to inserted
-buffers), creates it as a temporary source under its private name (`__bc_<n>`, chosen by
+arena and sends `BroadcastQuery`. The worker copies each one out (a private copy, every
+buffer 64-byte aligned: the arena is reused by the next request, and the engine keeps
+references to inserted buffers), creates it as a temporary source under its private name (`__bc_<n>`, chosen by
 the coordinator), inserts it as one batch, runs the query and drops every temporary source
 again, also when anything fails. The temporary sources go straight to the native
 connection, never through `Engine.execute`: they are not in the DDL log a rebuild replays,

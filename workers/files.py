@@ -27,7 +27,7 @@ from laminardb.files.options import FileOptions
 from laminardb.files.read import read_split
 from laminardb.files.write import write_table
 from laminardb.ingest import partition
-from laminardb.wire import protocol
+from laminardb.wire import arrow_ipc, protocol
 from laminardb.wire.arena import SHM_DIR
 
 Staged = dict[int, list[tuple[str, pa.Table]]]
@@ -35,7 +35,6 @@ Staged = dict[int, list[tuple[str, pa.Table]]]
 # coordinator does not wait for this worker's reply before it gives up on a load (a sibling
 # died), so its own sweep can run before this worker has written them.
 _written: dict[int, list[str]] = {}
-_ALIGNED = pa.ipc.IpcReadOptions(ensure_alignment=pa.ipc.Alignment.At64Byte)
 
 
 def read_files(r: protocol.ReadFiles, shard: int, staged: Staged) -> dict[str, Any]:
@@ -102,9 +101,9 @@ def stage_segments(r: protocol.StageSegments, staged: Staged) -> int:
             path = os.path.join(SHM_DIR, name)
             with pa.memory_map(path) as mapped:  # the table's buffers keep the pages mapped
                 reader = pa.ipc.open_stream(mapped)
-                if any(_wide(f.type) for f in reader.schema):
+                if any(arrow_ipc.wide(f.type) for f in reader.schema):
                     mapped.seek(0)
-                    reader = pa.ipc.open_stream(mapped, options=_ALIGNED)
+                    reader = pa.ipc.open_stream(mapped, options=arrow_ipc.ALIGNED)
                 table = reader.read_all()
             os.unlink(path)
             staged.setdefault(r.txn, []).append((r.source, table))
@@ -118,19 +117,6 @@ def write_query(r: protocol.WriteQuery, table: pa.Table) -> int:
     """Write this worker's answer to a plain per-worker query to its part file `r.path`."""
     opts = FileOptions(r.format, bool(r.options["header"]), str(r.options["delimiter"]))
     return write_table(table, r.path, opts)
-
-
-def _wide(kind: pa.DataType) -> bool:
-    """Whether `kind` holds, at any depth, values wider than 8 bytes (decimals, intervals)."""
-    if pa.types.is_decimal(kind) or pa.types.is_interval(kind):
-        return True
-    if isinstance(kind, (pa.ListType, pa.LargeListType, pa.FixedSizeListType)):
-        return _wide(kind.value_type)
-    if isinstance(kind, pa.MapType):
-        return _wide(kind.key_type) or _wide(kind.item_type)
-    if isinstance(kind, pa.StructType):
-        return any(_wide(kind.field(i).type) for i in range(kind.num_fields))
-    return False
 
 
 def by_owner(
