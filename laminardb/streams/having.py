@@ -91,9 +91,9 @@ def rewrite(
     agg_kind: Callable[[exp.Expression], str | None],
 ) -> exp.Expression | str:
     """HAVING over the merged columns (`__g<i>`, `__f<i>`: each aggregate it names becomes
-    one more partial through `add_agg`), or why it is not merged. The engine emits nothing at all for a window
-    stream whose HAVING repeats an aggregate (or an alias) of its SELECT list, so such a
-    stream is refused with that reason rather than served silently empty."""
+    one more partial through `add_agg`), or why it is not merged. The engine emits nothing
+    at all for a window stream whose HAVING repeats an aggregate (or an alias) of its SELECT
+    list, so such a stream is refused with that reason rather than served silently empty."""
     problems: list[str] = []
     added: dict[str, int] = {}
 

@@ -272,7 +272,9 @@ class StreamHub:
         msg = protocol.decode_data(frames[0].buffer)
         run = self.merges.runs.get(getattr(msg, "stream", ""))
         if isinstance(msg, protocol.StreamBatch) and run is not None:
-            if run.timed:  # (without a watermark no window ever closes, as natively)
+            if not run.timed:  # without a watermark no window ever closes, as natively
+                run.merger.count_unused(arrow_ipc.loads(frames[1].buffer).num_rows)
+            else:
                 table = arrow_ipc.loads(frames[1].buffer)
                 if "__w" not in table.column_names:  # e.g. a worker restarted with the user's SQL
                     self._fail_stream(

@@ -23,6 +23,8 @@ spread over several workers cannot be served by uniting the workers' outputs. In
   as the engine emits it (it also groups by the projected hop value, research §4.4).
 * A HAVING is evaluated here after the merge, per window (having.py): its aggregates are
   computed as extra partials. Forms the engine itself gets wrong are refused with a reason.
+* DISTINCT aggregates (over one argument) are merged from the distinct values: the partial
+  stream also groups by the argument (combine.py).
 * `clock.SourceClock` (re-exported here) is the cluster watermark of one source.
 
 Everything here is pure logic over Arrow tables, testable without processes.
@@ -52,6 +54,7 @@ from laminardb.streams.clock import (
     interval_ms,
     watermark_of,
 )
+from laminardb.streams.combine import Agg, combine, final
 from laminardb.streams.having import predicate, rewrite
 
 __all__ = [  # the cluster clock lives in clock.py; re-exported for merged.py and the tests
@@ -96,14 +99,6 @@ def is_hidden(name: str) -> bool:
 
 
 # -- plan ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Agg:
-    """One aggregate of the stream: `kind` and the partial columns that carry its state."""
-
-    kind: str  # count | sum | min | max | avg
-    columns: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -206,11 +201,19 @@ def plan(stream: str, create_sql: str, catalog: Catalog) -> MergePlan | str:
     outputs: list[Output] = []
     projected = False
 
+    distinct: list[str] = []  # the argument of the DISTINCT aggregates (one at most)
+
     def add_agg(node: exp.Expression, kind: str) -> int | str:
         """Index of a new aggregate computed as partials, or why it cannot be."""
         arg = node.this
         if isinstance(arg, exp.Distinct):
-            return f"{node.sql()} (DISTINCT) is not merged across workers"
+            values = arg.expressions
+            text = values[0].sql(dialect=SQLGLOT_DIALECT) if len(values) == 1 else None
+            if text is None or (distinct and distinct[0] != text):
+                return "its DISTINCT aggregates are not all over one argument"
+            distinct[:] = [text]
+            aggs.append(Agg(kind, (), distinct=True))
+            return len(aggs) - 1
         star = isinstance(arg, exp.Star)
         arg_sql = "1" if star else arg.sql(dialect=SQLGLOT_DIALECT)
         i = len(aggs)
@@ -263,11 +266,12 @@ def plan(stream: str, create_sql: str, catalog: Catalog) -> MergePlan | str:
     ts = exp.column(time_column, quoted=True).sql(dialect=SQLGLOT_DIALECT)
     bucket = f"{ts} - ({ts} % {slide_ms} + {slide_ms}) % {slide_ms}"  # floor: the pane
     keys = [f"{g} AS __g{i}" for i, g in enumerate(group_sql)]
+    keys += [f"{d} AS __d" for d in distinct]
     counts = ["COUNT(*) AS __n"] + ([f"COUNT(CASE WHEN {cond} THEN 1 END) AS __m"] if cond else [])
     source = tables[0].sql(dialect=SQLGLOT_DIALECT)
     partial_sql = (
         f"SELECT {', '.join([*keys, f'{bucket} AS __w', *counts, *partials])} FROM {source} "
-        f"GROUP BY {', '.join([*group_sql, bucket, f'TUMBLE({ts}, {CYCLE_BUCKET_MS})'])}"
+        f"GROUP BY {', '.join([*group_sql, *distinct, bucket, f'TUMBLE({ts}, {CYCLE_BUCKET_MS})'])}"
     )
     return MergePlan(
         stream=stream,
@@ -382,6 +386,11 @@ class WindowMerger:
             if any_live:
                 self.closable = max(self.closable, step_watermark)
 
+    def count_unused(self, rows: int) -> None:
+        """Partial rows received and not merged (a stream whose source has no watermark)."""
+        with self._lock:
+            self.rows_in += rows
+
     def add(self, partial: pa.Table) -> None:
         """One partial batch from a worker."""
         if partial.num_rows == 0:
@@ -471,10 +480,11 @@ class WindowMerger:
         return pa.concat_tables(tables) if tables else self._empty()
 
     def _finish_pane(self, start: int, pane: int, parts: list[pa.Table]) -> pa.Table | None:
-        merged = _merge(self.plan, parts)
+        plan = self.plan
+        merged = combine(plan.aggs, plan.groups, plan.filtered, parts)
         if merged is not None and self._having is not None:
             for i, agg in enumerate(self.plan.aggs):
-                merged = merged.append_column(f"__f{i}", _final(agg, merged))
+                merged = merged.append_column(f"__f{i}", final(agg, merged))
             merged = merged.filter(self._having)
         if merged is None or merged.num_rows == 0:
             return None
@@ -494,7 +504,7 @@ class WindowMerger:
             elif out.kind == "window":
                 column = pa.array([hop_value] * n, pa.int64()).cast(pa.timestamp("ms"))
             else:
-                column = _final(self.plan.aggs[out.index], merged)
+                column = final(self.plan.aggs[out.index], merged)
             columns.append(column.cast(target.type))
             names.append(target.name)
         return pa.table(columns, names=names)
@@ -513,53 +523,3 @@ class WindowMerger:
 
     def _empty(self) -> pa.Table:
         return self.output_schema.empty_table()
-
-
-def _merge(merge_plan: MergePlan, parts: list[pa.Table]) -> pa.Table | None:
-    """Partials of one window grouped by the stream's groups, states combined; None if empty."""
-    if not parts:
-        return None
-    table = pa.concat_tables(parts, promote_options="permissive")
-    keys = [f"__g{i}" for i in range(merge_plan.groups)]
-    specs: list[tuple[str, str, pc.ScalarAggregateOptions]] = []
-    keep = pc.ScalarAggregateOptions(skip_nulls=True, min_count=1)
-    count_column = "__m" if merge_plan.filtered else "__n"
-    specs.append((count_column, "sum", keep))
-    for agg in merge_plan.aggs:
-        how = {"count": "sum", "sum": "sum", "avg": "sum", "min": "min", "max": "max"}[agg.kind]
-        specs.append((agg.columns[0], how, keep))
-        if agg.kind == "avg":
-            specs.append((agg.columns[1], "sum", keep))
-    if keys:
-        grouped = table.group_by(keys, use_threads=False).aggregate(
-            [(c, how, opts) for c, how, opts in specs]
-        )
-        rename = {f"{c}_{how}": c for c, how, _ in specs}
-        grouped = grouped.rename_columns([rename.get(n, n) for n in grouped.column_names])
-    else:
-        grouped = pa.table(
-            {c: [getattr(pc, how)(table.column(c), options=opts).as_py()] for c, how, opts in specs}
-        )
-        for c, _, _ in specs:
-            grouped = grouped.set_column(
-                grouped.column_names.index(c), c, grouped.column(c).cast(table.schema.field(c).type)
-            )
-    alive = pc.fill_null(pc.greater(grouped.column(count_column), 0), False)
-    grouped = grouped.filter(alive)
-    return grouped if grouped.num_rows else None
-
-
-def _final(agg: Agg, merged: pa.Table) -> pa.ChunkedArray | pa.Array:
-    column = merged.column(agg.columns[0])
-    if agg.kind == "count":
-        return pc.fill_null(column, 0)
-    if agg.kind == "avg":
-        count = merged.column(agg.columns[1])
-        total = column.cast(pa.float64())
-        zero = pc.fill_null(pc.equal(count, 0), True)
-        return pc.if_else(
-            zero,
-            pa.scalar(None, pa.float64()),
-            pc.divide(total, pc.fill_null(count, 1).cast(pa.float64())),
-        )
-    return column

@@ -32,7 +32,7 @@ STREAMS = {
     "hd": f"CREATE STREAM hd AS SELECT device, {W} AS w, COUNT(*) AS n FROM ev "
     f"GROUP BY device, {W} HAVING SUM(value) >= 6 AND device <> 'd3' EMIT ON WINDOW CLOSE",
     "hg": f"CREATE STREAM hg AS SELECT {W} AS w, COUNT(*) AS n, SUM(value) AS total FROM ev "
-    f"WHERE value > 1 GROUP BY {W} HAVING MAX(value) BETWEEN 2 AND 5 OR MIN(ts) < 0 "
+    f"WHERE value > 1 GROUP BY {W} HAVING MAX(value) BETWEEN 2 AND 5 OR COUNT(value) >= 12 "
     "EMIT FINAL",
 }
 
