@@ -33,7 +33,7 @@ from sqlglot import exp
 from laminardb.cluster.catalog import Catalog, Relation, quote
 from laminardb.plan.layout import NEVER_SPLIT
 from laminardb.plan.split import PARTIALS
-from laminardb.plan.sqltext import NoLocal, limits, name_of, parse, tail, tokens
+from laminardb.plan.sqltext import NoLocal, conjuncts, limits, name_of, parse, tail, tokens
 from laminardb.plan.statements import Token
 
 
@@ -205,7 +205,7 @@ def _semi_joins(select: exp.Select, sides: list[_Side], catalog: Catalog) -> set
     if not isinstance(where, exp.Where):
         return set()
     found: set[int] = set()
-    for conjunct in _conjuncts(where.this):
+    for conjunct in conjuncts(where.this):
         query = conjunct.args.get("query") if isinstance(conjunct, exp.In) else None
         if (
             isinstance(conjunct, exp.In)
@@ -324,14 +324,6 @@ def _owner(col: exp.Column, sides: list[_Side]) -> _Side | None:
     return found[0]
 
 
-def _conjuncts(node: exp.Expr) -> list[exp.Expr]:
-    while isinstance(node, exp.Paren):
-        node = node.this
-    if isinstance(node, exp.And):
-        return _conjuncts(node.this) + _conjuncts(node.expression)
-    return [node]
-
-
 def _same_route(a: pa.DataType, b: pa.DataType) -> bool:
     """Whether equal values of types `a` and `b` are routed to the same worker
     (`ingest.partition`: integers as int64, floats as float64, strings as UTF-8 bytes)."""
@@ -348,7 +340,7 @@ def _check_co_partitioned(on: exp.Expr, before: list[_Side], new: _Side) -> None
     """The ON clause pairs every key column of `new` with the same-position key column of
     one earlier side, by `=` conjuncts."""
     pairs: set[tuple[str, str, str]] = set()
-    for conjunct in _conjuncts(on):
+    for conjunct in conjuncts(on):
         if not isinstance(conjunct, exp.EQ):
             continue
         left, right = conjunct.this, conjunct.expression

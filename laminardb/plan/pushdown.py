@@ -55,6 +55,7 @@ from sqlglot import exp
 from laminardb.cluster.catalog import Catalog, Relation, quote
 from laminardb.plan.distributed import catalog_key
 from laminardb.plan.safesql import NoPush, Typer, condition, schema_typer
+from laminardb.plan.sqltext import conjuncts
 from laminardb.plan.statements import SQLGLOT_DIALECT, tokenize
 
 ENABLED = True
@@ -363,7 +364,7 @@ def _pushable(select: exp.Select, item: _Item, items: list[_Item]) -> list[str]:
     if item.null_extended or item.relation is None or not isinstance(where, exp.Where):
         return []
     out: list[str] = []
-    for conjunct in _conjuncts(where.this):
+    for conjunct in conjuncts(where.this):
         try:
             columns = [c for c in conjunct.find_all(exp.Column)]
             if not columns or any(_resolve(c, items) is not item for c in columns):
@@ -372,14 +373,6 @@ def _pushable(select: exp.Select, item: _Item, items: list[_Item]) -> list[str]:
         except NoPush:
             continue
     return out
-
-
-def _conjuncts(node: exp.Expr) -> list[exp.Expr]:
-    while isinstance(node, exp.Paren):
-        node = node.this
-    if isinstance(node, exp.And):
-        return _conjuncts(node.this) + _conjuncts(node.expression)
-    return [node]
 
 
 def _resolve(col: exp.Column, items: list[_Item]) -> _Item:
@@ -437,7 +430,7 @@ def _clauses_safe(tree: exp.Expr, catalog: Catalog) -> bool:
                 clause = clause.this
             if not isinstance(clause, exp.Expr):
                 continue
-            for conjunct in _conjuncts(clause):
+            for conjunct in conjuncts(clause):
                 if conjunct.find(exp.AggFunc, exp.Window):
                     continue
                 try:

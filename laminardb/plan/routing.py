@@ -20,6 +20,7 @@ from sqlglot import exp
 
 from laminardb.ingest import partition
 from laminardb.plan.layout import NoPlan, Query, name_of
+from laminardb.plan.sqltext import conjuncts
 
 MAX_VALUES = 64
 """Most key combinations routed (a longer IN-list asks every worker)."""
@@ -55,20 +56,11 @@ def workers_of(vshards: Sequence[int], n_workers: int) -> list[int]:
     return sorted({partition.worker_of(v, n_workers) for v in vshards})
 
 
-def _conjuncts(node: exp.Expr) -> list[exp.Expr]:
-    """The ANDed parts of a condition (parentheses removed)."""
-    while isinstance(node, exp.Paren):
-        node = node.this
-    if isinstance(node, exp.And):
-        return _conjuncts(node.this) + _conjuncts(node.expression)
-    return [node]
-
-
 def _pinned(condition: exp.Expr, schema: pa.Schema, keys: set[str]) -> dict[str, list[object]]:
     """Key column -> the literal values a conjunct allows (the first such conjunct wins;
     any conjunct is a valid restriction, since all must hold)."""
     out: dict[str, list[object]] = {}
-    for part in _conjuncts(condition):
+    for part in conjuncts(condition):
         found = _restriction(part)
         if found is None:
             continue

@@ -137,3 +137,12 @@ def name_of(ident: object) -> str:
     if not isinstance(ident, exp.Identifier):
         raise NoLocal("not an identifier")
     return str(ident.this)
+
+
+def conjuncts(node: exp.Expr) -> list[exp.Expr]:
+    """The ANDed parts of a condition (parentheses removed)."""
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if isinstance(node, exp.And):
+        return conjuncts(node.this) + conjuncts(node.expression)
+    return [node]
