@@ -10,18 +10,8 @@ refuses such a stream with that reason instead.
 
 from __future__ import annotations
 
-import laminardb_native as native
 import pytest
-from test_merged_streams import (
-    SOURCE,
-    arrow,
-    assert_quiet,
-    canon,
-    finish,
-    read_native,
-    read_until,
-    ticks,
-)
+from test_merged_streams import SOURCE, assert_same_rows, finish, run_pair, ticks
 
 import laminardb
 
@@ -51,28 +41,9 @@ def test_having_after_merge_matches_native(workers: int, keyed: bool, mode: str)
     data = finish(
         ticks(seed=workers * 13 + keyed * 3 + len(mode), mode=mode), workers, mode == "idle"
     )
-    theirs = native.open(":memory:")
-    ours = laminardb.open(":memory:", workers=workers)
+    theirs, ours, native_subs, subs = run_pair(workers, keyed, data, STREAMS, merged=True)
     try:
-        for conn, key in ((theirs, ""), (ours, " PARTITION BY (device)" if keyed else "")):
-            conn.execute(SOURCE.format(partition=key))
-            for sql in STREAMS.values():
-                conn.execute(sql)
-        if workers > 1:
-            assert set(ours._streams.merges.runs) == set(STREAMS), ours._streams.merges.reasons
-        native_subs = {name: theirs.subscribe_stream(name) for name in STREAMS}
-        subs = {name: ours.subscribe_stream(name) for name in STREAMS}
-        theirs.start()
-        ours.start()
-        for rows in data:
-            theirs.insert("ev", arrow(rows))
-            ours.insert("ev", arrow(rows))
-        for name in STREAMS:
-            want = canon(read_native(native_subs[name]))
-            assert want, f"native {name} emitted nothing: the data must close windows"
-            got = read_until(subs[name], want)
-            assert got == want, f"{name}: only ours {got - want}, only native {want - got}"
-            assert_quiet(subs[name])
+        assert_same_rows(native_subs, subs)
     finally:
         ours.close()
         theirs.close()

@@ -16,12 +16,12 @@ import pyarrow as pa
 import pytest
 from test_merged_streams import (
     SOURCE,
-    arrow,
-    assert_quiet,
+    assert_same_rows,
     canon,
     finish,
     read_native,
     read_until,
+    run_pair,
     ticks,
 )
 
@@ -56,30 +56,9 @@ def test_hop_windows_match_native(workers: int, keyed: bool, mode: str) -> None:
     data = finish(
         ticks(seed=workers * 17 + keyed * 5 + len(mode), mode=mode), workers, mode == "idle"
     )
-    theirs = native.open(":memory:")
-    ours = laminardb.open(":memory:", workers=workers)
+    theirs, ours, native_subs, subs = run_pair(workers, keyed, data, HOPS, merged=True, stall_s=1e9)
     try:
-        for conn, key in ((theirs, ""), (ours, " PARTITION BY (device)" if keyed else "")):
-            conn.execute(SOURCE.format(partition=key))
-            for sql in HOPS.values():
-                conn.execute(sql)
-        if workers > 1:
-            assert set(ours._streams.merges.runs) == set(HOPS), ours._streams.merges.reasons
-            for run in ours._streams.merges.runs.values():
-                run.merger.stall_s = 1e9  # closed by the clock, never by the safety net
-        native_subs = {name: theirs.subscribe_stream(name) for name in HOPS}
-        subs = {name: ours.subscribe_stream(name) for name in HOPS}
-        theirs.start()
-        ours.start()
-        for rows in data:
-            theirs.insert("ev", arrow(rows))
-            ours.insert("ev", arrow(rows))
-        for name in HOPS:
-            want = canon(read_native(native_subs[name]))
-            assert want, f"native {name} emitted nothing: the data must close windows"
-            got = read_until(subs[name], want)
-            assert got == want, f"{name}: only ours {got - want}, only native {want - got}"
-            assert_quiet(subs[name])
+        assert_same_rows(native_subs, subs)
     finally:
         ours.close()
         theirs.close()

@@ -130,22 +130,46 @@ def assert_quiet(sub: Any, ms: int = 300) -> None:
 
 
 def run_pair(
-    workers: int, keyed: bool, data: list[list[Row]]
+    workers: int,
+    keyed: bool,
+    data: list[list[Row]],
+    streams: dict[str, str] = STREAMS,
+    *,
+    merged: bool = False,
+    stall_s: float | None = None,
 ) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
+    """Native and a cluster of `workers`, each with `streams` over `ev` and subscribed, fed
+    `data` call by call. `merged`: every stream must be merged across workers (when there
+    are several); `stall_s`: the mergers' safety net (1e9: windows close by the clock only)."""
     theirs = native.open(":memory:")
     ours = laminardb.open(":memory:", workers=workers)
     for conn, key in ((theirs, ""), (ours, " PARTITION BY (device)" if keyed else "")):
         conn.execute(SOURCE.format(partition=key))
-        for sql in STREAMS.values():
+        for sql in streams.values():
             conn.execute(sql)
-    native_subs = {name: theirs.subscribe_stream(name) for name in STREAMS}
-    subs = {name: ours.subscribe_stream(name) for name in STREAMS}
+    if merged and workers > 1:
+        assert set(ours._streams.merges.runs) == set(streams), ours._streams.merges.reasons
+        if stall_s is not None:
+            for run in ours._streams.merges.runs.values():
+                run.merger.stall_s = stall_s
+    native_subs = {name: theirs.subscribe_stream(name) for name in streams}
+    subs = {name: ours.subscribe_stream(name) for name in streams}
     theirs.start()
     ours.start()
     for rows in data:
         theirs.insert("ev", arrow(rows))
         ours.insert("ev", arrow(rows))
     return theirs, ours, native_subs, subs
+
+
+def assert_same_rows(native_subs: dict[str, Any], subs: dict[str, Any]) -> None:
+    """Each stream's subscriber gets the multiset of rows native emitted, and then nothing."""
+    for name, sub in subs.items():
+        want = canon(read_native(native_subs[name]))
+        assert want, f"native {name} emitted nothing: the data must close windows"
+        got = read_until(sub, want)
+        assert got == want, f"{name}: only ours {got - want}, only native {want - got}"
+        assert_quiet(sub)
 
 
 @pytest.mark.parametrize(
@@ -167,12 +191,7 @@ def test_merged_windows_match_native(workers: int, keyed: bool, mode: str) -> No
     )
     theirs, ours, native_subs, subs = run_pair(workers, keyed, data)
     try:
-        for name in STREAMS:
-            want = canon(read_native(native_subs[name]))
-            assert want, f"native {name} emitted nothing: the data must close windows"
-            got = read_until(subs[name], want)
-            assert got == want, f"{name}: only ours {got - want}, only native {want - got}"
-            assert_quiet(subs[name])
+        assert_same_rows(native_subs, subs)
         if mode == "late":  # the ad-hoc table keeps late rows, as natively
             count = "SELECT count(*) FROM ev"
             assert ours.sql(count).fetchall() == theirs.sql(count).fetchall()
