@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -194,7 +195,11 @@ def main(rows: int, big: bool, workers: int, repeat: int, json_path: str | None)
     finally:
         cluster.close()
         single.close()
-    title = f"{rows:,} rows, {workers} workers vs 1 native instance ({platform.node()})"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    title = (
+        f"{rows:,} rows, {workers} workers vs 1 native instance ({platform.node()}, "
+        f"load average {load})"
+    )
     table = Table(title=title)
     for name in ("case", "native ms", "cluster ms", "ratio", "median ratio", "partials B (rows)"):
         table.add_column(name, justify="left" if name == "case" else "right")
@@ -215,7 +220,11 @@ def main(rows: int, big: bool, workers: int, repeat: int, json_path: str | None)
     console.print(table)
     if json_path:
         with open(json_path, "w") as out:
-            json.dump({"rows": rows, "workers": workers, "figures": figures}, out, indent=2)
+            json.dump(
+                {"rows": rows, "workers": workers, "load": os.getloadavg(), "figures": figures},
+                out,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

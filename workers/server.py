@@ -24,6 +24,7 @@ import zmq
 from laminardb.api.errors import to_wire
 from laminardb.wire import arrow_ipc, protocol
 from laminardb.wire.arena import Arena
+from workers import preload
 
 PARENT_POLL_S = 0.1
 
@@ -100,9 +101,13 @@ class Server:
         hello = protocol.Hello(protocol.PROTOCOL_VERSION, self.spec.shard, os.getpid())
         self.sock.send(protocol.encode(hello))
         self.engine.warm_up()
+        idle = preload.Idle()  # file readers are imported while no request waits (issue 8)
+        preload.start(idle)
         try:
             while True:
+                idle.enter()
                 frames = self.sock.recv_multipart(copy=False)
+                idle.leave()
                 request = protocol.decode_request(frames[0].buffer)
                 reply, data = self._handle(request, frames[1].buffer if len(frames) > 1 else None)
                 out = [protocol.encode(reply)]
@@ -112,6 +117,7 @@ class Server:
                 if isinstance(request, protocol.Shutdown):
                     break
         finally:
+            idle.stop.set()
             self.engine.close()  # stops the stream consumers before the engine closes
             self.pump.close()
             self.sock.close(0)

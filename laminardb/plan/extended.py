@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from laminardb.cluster.catalog import Catalog, Relation, quote
-from laminardb.plan import compound, distributed, joinagg, joins, split
+from laminardb.plan import compound, distributed, fastmerge, joinagg, joins, split
 from laminardb.plan.compound import CompoundPlan
 from laminardb.plan.distributed import Fallback, Fetch, sql_type
 from laminardb.plan.joinagg import JoinAggPlan
@@ -193,7 +193,8 @@ def execute_local(found: LocalPlan, catalog: Catalog, fetch: Fetch) -> pa.Table:
         parts.append(pa.Table.from_arrays(table.columns, schema=partial))
     rows = pa.concat_tables(parts) if parts else partial.empty_table()
     if found.merge_sql is not None:
-        rows = merge(found.merge_sql, {PARTIALS: rows})
+        fast = fastmerge.cut(found.merge_sql, PARTIALS, rows)  # sort and cut in process
+        rows = fast if fast is not None else merge(found.merge_sql, {PARTIALS: rows})
     return conform(rows, expected)
 
 

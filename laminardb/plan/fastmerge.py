@@ -7,7 +7,9 @@ BOOL_OR), sorts by output columns and cuts (LIMIT / OFFSET), pyarrow computes th
 values in process. `split` attaches a `Spec` to such plans; `run` returns None whenever it
 cannot promise the native answer (a floating-point group key, a NaN in a sort key), and the
 caller then runs the SQL merge. `distributed` also checks the result's types against the
-native schema before using it.
+native schema before using it. One integer group key in a narrow range is regrouped with
+numpy (`regroup`: no hashing, the large-partials case); a co-partitioned join's merge that
+only sorts and cuts is read from its SQL (`cut`).
 
 Semantics matched (native = DataFusion in laminardb 0.17.0): SUM of integers wraps around
 like native's (pyarrow's `sum` is unchecked); SUM/MIN/MAX/BOOL_* of nothing but NULLs is
@@ -17,6 +19,7 @@ first unless NULLS FIRST/LAST says otherwise; strings sort by their UTF-8 bytes.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +27,8 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from laminardb.plan import regroup
 
 PARALLEL_ROWS = 65_536
 """Partials from which the regrouping uses pyarrow's threads (the workers are idle by then)."""
@@ -75,6 +80,50 @@ class Spec:
     offset: int | None
 
 
+_CUT = re.compile(
+    r"SELECT \* FROM (?P<table>\w+)"
+    r"(?: ORDER BY (?P<order>.+?))?(?: LIMIT (?P<limit>\d+))?(?: OFFSET (?P<offset>\d+))?"
+)
+_CUT_KEY = re.compile(r'\("(_p\d+)"\) (ASC|DESC) NULLS (FIRST|LAST)')
+
+
+def cut_spec(merge_sql: str, table: str, columns: int) -> Spec | None:
+    """The `Spec` of a merge that only sorts and cuts every column of `table` (the merge SQL
+    of a co-partitioned join's plan: `SELECT * FROM t ORDER BY ("_p1") DESC NULLS FIRST
+    LIMIT 10`), or None for any other SQL (which then runs in an engine)."""
+    found = _CUT.fullmatch(merge_sql)
+    if found is None or found["table"] != table:
+        return None
+    order: list[SortKey] = []
+    for item in (found["order"] or "").split(", ") if found["order"] else []:
+        key = _CUT_KEY.fullmatch(item)
+        if key is None or int(key[1][2:]) >= columns:
+            return None
+        order.append(SortKey(key[1], key[2] == "DESC", key[3] == "FIRST"))
+    outputs = tuple(("col", f"_p{i}") for i in range(columns))
+    limit, offset = found["limit"], found["offset"]
+    return Spec(
+        False,
+        (),
+        outputs,
+        tuple(order),
+        None if limit is None else int(limit),
+        None if offset is None else int(offset),
+    )
+
+
+def cut(merge_sql: str, table: str, rows: pa.Table) -> pa.Table | None:
+    """`merge_sql` over `rows` (held as `table`) computed in process when it only sorts and
+    cuts (`cut_spec`), saving a fresh engine's 2 to 3 ms; None when the caller must run it."""
+    spec = cut_spec(merge_sql, table, rows.num_columns)
+    if spec is None:
+        return None
+    try:
+        return run(spec, rows)
+    except (pa.ArrowException, ValueError, TypeError):  # e.g. a type no kernel sorts
+        return None
+
+
 def run(spec: Spec, partials: pa.Table) -> pa.Table | None:
     """The merged answer (columns `_o0`…), or None when pyarrow's answer could differ from
     the engine's (the caller then runs the SQL merge)."""
@@ -99,6 +148,23 @@ def run(spec: Spec, partials: pa.Table) -> pa.Table | None:
         table = table.slice(start, spec.limit)
     columns = [table.column(_source(spec.grouped, out, i)) for i, out in enumerate(spec.outputs)]
     return pa.Table.from_arrays(columns, names=names)
+
+
+def _sortable(typ: pa.DataType) -> bool:
+    """Whether pyarrow orders values of `typ` as the engine does (numbers, booleans, strings
+    and bytes by their bytes, temporal values); other types are left to the engine."""
+    t = pa.types
+    return bool(
+        t.is_integer(typ)
+        or t.is_floating(typ)
+        or t.is_boolean(typ)
+        or t.is_string(typ)
+        or t.is_large_string(typ)
+        or t.is_binary(typ)
+        or t.is_large_binary(typ)
+        or t.is_temporal(typ)
+        or t.is_decimal(typ)
+    )
 
 
 def _has_nan(column: pa.ChunkedArray) -> bool:
@@ -135,7 +201,13 @@ def _grouped(spec: Spec, partials: pa.Table) -> pa.Table | None:
         partials = partials.append_column("__row", pa.array(np.arange(partials.num_rows)))
         aggregates.append(("__row", "list"))
     unique = list({a[:2]: a for a in aggregates}.values())
-    if spec.keys:
+    dense = None
+    if len(spec.keys) == 1:
+        dense = regroup.regroup(partials, spec.keys[0], [a[:2] for a in unique])
+    if dense is not None:  # one integer key in a narrow range: no hashing
+        done = pa.table({spec.keys[0]: dense[0]})
+        found = {a: pa.chunked_array([column]) for a, column in dense[1].items()}
+    elif spec.keys:
         threads = partials.num_rows >= PARALLEL_ROWS  # group order is free: ORDER BY sets it
         done = partials.group_by(list(spec.keys), use_threads=threads).aggregate(unique)
         found = {a[:2]: done.column(f"{a[0]}_{a[1]}") for a in unique}
@@ -258,7 +330,7 @@ def _sort_indices(
         if not grouped and name.startswith("_o"):
             name = outputs[int(name[2:])][1]
         column = table.column(name)
-        if _has_nan(column):
+        if not _sortable(column.type) or _has_nan(column):
             return None
         flag = f"__null{n}"
         work[flag] = pc.is_null(column)
