@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import pyarrow as pa
 
 from laminardb.cluster.catalog import Catalog, Relation, quote
-from laminardb.plan import fastmerge, routing, split
+from laminardb.plan import fastmerge, moments, routing, split
 from laminardb.plan.split import PARTIALS, Plan, Rule
 
 log = logging.getLogger("laminardb.plan")
@@ -152,8 +152,19 @@ def execute(plan: Plan, catalog: Catalog, fetch: Fetch) -> pa.Table:
     if merged is None:
         if plan.merge_sql is None:
             raise Fallback("only the in-process merge merges it, and it declined")
+        if plan.staged is not None:  # VAR/STDDEV/MEDIAN per group first (`moments`)
+            partials, probe = _staged(plan.staged, probe, partials)
         merged = _merge(plan.merge_sql, probe, partials)
     return _conform(merged, probe.answer)
+
+
+def _staged(staged: moments.Staged, probe: _Probe, partials: pa.Table) -> tuple[pa.Table, _Probe]:
+    """The partials widened by `moments.attach`, and the probe that declares them."""
+    widened = moments.attach(staged, partials)
+    if widened is None:
+        raise Fallback("the per-group VAR/STDDEV/MEDIAN merge declined")
+    schema = _nullable(widened.schema)
+    return widened, _Probe(probe.answer, schema, schema)
 
 
 def _shards(plan: Plan, workers: object) -> list[int] | None:
@@ -432,6 +443,8 @@ def _explain_rows(plan: Plan, workers: int) -> list[tuple[str, str]]:
     )
     if plan.fast is not None and plan.merge_sql:
         merge += " (computed in process with pyarrow when exact)"
+    if plan.staged is not None:
+        merge = f"{moments.describe(plan.staged)}; then {merge}"
     return [
         ("distributed_plan", plan.rule.value + (", routed by key" if plan.vshards else "")),
         ("workers", ",".join(str(i) for i in asked)),

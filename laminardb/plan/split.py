@@ -19,7 +19,8 @@ IN-list limits the workers asked (`routing`). The rules, tried in this order:
   workers group by its argument too (one row per distinct (group, x)); the merge counts
   (HyperLogLog ignores duplicates, so APPROX_DISTINCT over distinct values is the engine's
   own answer). VAR/STDDEV ship (count, mean, var_pop) per worker and only `fastmerge`
-  merges them (Chan's formula), so they split only as plain select items.
+  merges them (Chan's formula); inside expressions, HAVING or ORDER BY, `moments` adds
+  their values per group to the partials first and the SQL merge reads them.
   When the merge is simple, `Plan.fast` lets `fastmerge` compute it in process.
 * `PUSHDOWN`: no aggregation. Workers run the filter and projection; with ORDER BY and LIMIT
   each worker also keeps only its top `offset + limit` rows, and the merge sorts and cuts.
@@ -49,7 +50,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from laminardb.cluster.catalog import Catalog, quote
-from laminardb.plan import routing
+from laminardb.plan import moments, routing
 from laminardb.plan.fastmerge import SortKey, Spec
 from laminardb.plan.layout import (
     NoPlan,
@@ -105,6 +106,9 @@ class Plan:
     the original query there as written instead of `worker_sql` and the merge."""
     fast: Spec | None = None
     """An in-process merge equal to `merge_sql`, when the merge is simple (`fastmerge`)."""
+    staged: moments.Staged | None = None
+    """VAR/STDDEV/MEDIAN values per group to add to the partials before `merge_sql` runs
+    (`moments`: the merge SQL reads them as `MAX("_mN")`)."""
 
 
 def plan(sql: str, catalog: Catalog) -> Plan | None:
@@ -440,7 +444,7 @@ def _aggregate(state: _TwoPhase, node: exp.AggFunc, span: Span) -> str:
         state.partial(_WEIGHT, "count(*)")
         state.moments[token_key(query, span)] = ("median", "_d0", state.partials[_WEIGHT][0])
         state.sql_merge = False
-        return "NULL"
+        return _moment_column(state, token_key(query, span))
     if extra or isinstance(node.this, exp.Distinct) or node.this is None:
         raise NoPlan("aggregate with more than one plain argument")
     key = token_key(query, span)
@@ -457,7 +461,7 @@ def _aggregate(state: _TwoPhase, node: exp.AggFunc, span: Span) -> str:
             names.append(state.partials[_call_key(function, arg_key)][0])
         state.moments[key] = (_VARIANCE[type(node)], names[0], names[1], names[2])
         state.sql_merge = False
-        return "NULL"
+        return _moment_column(state, key)
     if isinstance(node, exp.Avg):
         inner = (query.toks[query.index[span[0]] + 1].end, span[1] - 1)
         argument, arg_key = query.text(inner), token_key(query, inner)
@@ -468,6 +472,12 @@ def _aggregate(state: _TwoPhase, node: exp.AggFunc, span: Span) -> str:
         mean = state.partial(key, query.text(span))
         return f"(SUM({mean} * CAST({count} AS DOUBLE)) / CAST(SUM({count}) AS DOUBLE))"
     raise NoPlan(f"{type(node).__name__} has no two-phase form yet")
+
+
+def _moment_column(state: _TwoPhase, key: TokenKey) -> str:
+    """The merge's reading of a VAR/STDDEV/MEDIAN value that `moments` adds per group."""
+    position = [k for k, v in state.moments.items() if v[0] in moments.MOMENT_KINDS].index(key)
+    return f"MAX({quote(moments.column(position))})"
 
 
 def _call_key(function: str, arg_key: TokenKey) -> TokenKey:
@@ -529,10 +539,14 @@ def _two_phase(query: Query, shards: tuple[int, ...] | None) -> Plan:
     columns = [f"_k{i}" for i in range(len(keys))] + ["_d0"] * (state.distinct is not None)
     columns += [n for n, _ in state.partials.values()]
     fast = _fast_two_phase(state, query)
+    staged = None
     if not state.sql_merge:
-        if fast is None:
-            raise NoPlan("VAR/STDDEV/MEDIAN inside an expression, HAVING or beside others")
-        merge = None  # merged by `fastmerge` only (or gathered)
+        if fast is not None:
+            merge = None  # plain items: merged by `fastmerge` only (or gathered)
+        elif not moments.STAGE_MEDIAN and any(m[0] == "median" for m in state.moments.values()):
+            raise NoPlan("MEDIAN inside an expression, HAVING or beside others")
+        else:  # the SQL merge over the per-group values `moments` adds first
+            staged = moments.staged(len(keys), state.moments.values())
     return Plan(
         Rule.TWO_PHASE,
         query.sql,
@@ -542,6 +556,7 @@ def _two_phase(query: Query, shards: tuple[int, ...] | None) -> Plan:
         tuple(columns),
         merge,
         fast=fast,
+        staged=staged,
     )
 
 

@@ -222,7 +222,6 @@ NOT_SPLIT = [
     "SELECT DISTINCT k, count(*) FROM r GROUP BY k",
     "SELECT DISTINCT k FROM r ORDER BY v LIMIT 2",
     "SELECT count(DISTINCT v), count(DISTINCT d) FROM r",
-    "SELECT median(v) * 2 FROM r",
     "SELECT median(v), median(d) FROM r",
     "SELECT k, string_agg(s, ',') FROM r GROUP BY k",
     "SELECT avg(v) FILTER (WHERE k > 1) FROM r",
