@@ -13,7 +13,7 @@ of rows that passed the WHERE gives `COUNT(DISTINCT x)`, `SUM(DISTINCT x)` and s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -49,6 +49,7 @@ def combine(
         if not agg.distinct:
             specs += [(column, _COMBINE[agg.kind]) for column in agg.columns[:1]]
             specs += [(column, "sum") for column in agg.columns[1:]]
+    specs = list(dict.fromkeys(specs))  # aggregates may share a partial column (`shared`)
     if any(agg.distinct for agg in aggs):
         table = _grouped(table, [*keys, "__d"], specs)  # one row per group and distinct value
         alive = pc.fill_null(pc.greater(table.column(count_column), 0), False)
@@ -62,6 +63,24 @@ def combine(
     alive = pc.fill_null(pc.greater(grouped.column(f"{count_column}_sum"), 0), False)
     grouped = grouped.filter(alive)
     return grouped if grouped.num_rows else None
+
+
+def shared(items: list[str], aggs: list[Agg]) -> tuple[list[str], list[Agg]]:
+    """Select items `<expr> AS <alias>` without repeats of an expression, and the aggregates
+    with their columns pointing at its first alias. (A native non-windowed aggregate that
+    repeats an aggregate expression emits each cycle's rows instead of cumulative totals.)"""
+    first: dict[str, str] = {}
+    alias_of: dict[str, str] = {}
+    kept: list[str] = []
+    for item in items:
+        expr, alias = item.rsplit(" AS ", 1)
+        if expr in first:
+            alias_of[alias] = first[expr]
+        else:
+            first[expr] = alias
+            kept.append(item)
+    moved = [replace(a, columns=tuple(alias_of.get(c, c) for c in a.columns)) for a in aggs]
+    return kept, moved
 
 
 def _grouped(

@@ -15,7 +15,8 @@ else by the next subscribing call. Until then the receiver drops batches nobody 
 
 A stream is served by union where the union of the workers' outputs is its output (union.py,
 or a single worker). A windowed aggregate that `merge.plan` can split runs on the workers in
-its partial form, merged per window here (merged.py, merge.py); that path is preferred even
+its partial form, merged per window here (merged.py, merge.py), and so is a non-windowed
+aggregate, merged as running totals (cumulative.py); that path is preferred even
 where union would do, because the coordinator then closes windows by the cluster watermark
 and a worker that gets no more rows cannot hold a window open. Others raise `StreamError`
 rather than deliver per-shard partial results. Dropping a stream ends its subscribers.
@@ -82,6 +83,12 @@ class StreamHub:
         if self._lost is not None:
             raise self._lost
         run = self.merges.runs.get(name)
+        if run is not None and getattr(run.merger, "broken", False):
+            raise StreamError(
+                f"stream '{name}' cannot be subscribed: a worker restarted since it was "
+                "created, so its running totals over all workers are lost; re-create it "
+                "(DROP STREAM, then CREATE STREAM) to count from then on"
+            )
         if run is not None:
             feed = Feed(name, self.max_batches, self.max_bytes, run.merger.output_schema)
             with self._lock:
@@ -180,13 +187,18 @@ class StreamHub:
         not sent died with it) and their subscribers told so; forwarding is switched back on."""
         for name, run in self.merges.runs.items():
             lost = run.merger.lose_open()
+            what = (
+                "its running totals cannot be merged any more; re-create the stream"
+                if run.plan.cumulative
+                else f"the {len(lost)} window(s) open then cannot be merged "
+                "exactly and are not emitted; subscribe again for later windows"
+            )
             if lost:
                 self._fail_stream(
                     name,
                     SubscriptionError(
                         f"Subscription failed (500): worker {shard} of stream '{name}' was "
-                        f"restarted; the {len(lost)} window(s) open then cannot be merged "
-                        "exactly and are not emitted; subscribe again for later windows",
+                        f"restarted; {what}",
                         code=codes.SUBSCRIPTION_FAILED,
                         shard=shard,
                     ),
@@ -272,11 +284,11 @@ class StreamHub:
         msg = protocol.decode_data(frames[0].buffer)
         run = self.merges.runs.get(getattr(msg, "stream", ""))
         if isinstance(msg, protocol.StreamBatch) and run is not None:
-            if not run.timed:  # without a watermark no window ever closes, as natively
+            if not run.timed and not run.plan.cumulative:  # no watermark: no window closes
                 run.merger.count_unused(arrow_ipc.loads(frames[1].buffer).num_rows)
             else:
                 table = arrow_ipc.loads(frames[1].buffer)
-                if "__w" not in table.column_names:  # e.g. a worker restarted with the user's SQL
+                if "__n" not in table.column_names:  # e.g. a worker restarted with the user's SQL
                     self._fail_stream(
                         msg.stream,
                         SubscriptionError(
@@ -287,7 +299,7 @@ class StreamHub:
                         ),
                     )
                     return
-                run.merger.add(table)
+                run.merger.add(table, msg.shard)
                 self._deliver(run)
             return
         if isinstance(msg, protocol.StreamBatch):

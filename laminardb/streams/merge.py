@@ -25,6 +25,9 @@ spread over several workers cannot be served by uniting the workers' outputs. In
   computed as extra partials. Forms the engine itself gets wrong are refused with a reason.
 * DISTINCT aggregates (over one argument) are merged from the distinct values: the partial
   stream also groups by the argument (combine.py).
+* A stream without a window (`GROUP BY` other columns, or none) is cumulative natively: the
+  same rewrite without the window gives each worker's running partials, merged by
+  `cumulative.CumulativeMerger` (`MergePlan.cumulative`).
 * `clock.SourceClock` (re-exported here) is the cluster watermark of one source.
 
 Everything here is pure logic over Arrow tables, testable without processes.
@@ -54,7 +57,7 @@ from laminardb.streams.clock import (
     interval_ms,
     watermark_of,
 )
-from laminardb.streams.combine import Agg, combine, final
+from laminardb.streams.combine import Agg, combine, final, shared
 from laminardb.streams.having import predicate, rewrite
 
 __all__ = [  # the cluster clock lives in clock.py; re-exported for merged.py and the tests
@@ -127,6 +130,8 @@ class MergePlan:
     partial_sql: str
     having: exp.Expression | None = None
     """HAVING over the merged columns (`__g<i>`, `__f<i>`), applied per window after the merge."""
+    cumulative: bool = False
+    """No window: each worker emits its full current partials every cycle (cumulative.py)."""
 
     @property
     def window_columns(self) -> bool:
@@ -154,8 +159,6 @@ def plan(stream: str, create_sql: str, catalog: Catalog) -> MergePlan | str:
     if parsed is None:
         return "its statement could not be read"
     select_sql, closes = parsed
-    if not closes:
-        return "only EMIT ON WINDOW CLOSE / EMIT FINAL windows are merged across workers"
     try:
         tree = sqlglot.parse_one(select_sql, read=SQLGLOT_DIALECT)
     except sqlglot.errors.SqlglotError:
@@ -174,20 +177,35 @@ def plan(stream: str, create_sql: str, catalog: Catalog) -> MergePlan | str:
     group = tree.args.get("group")
     items = list(group.expressions) if group is not None else []
     windows = [i for i in items if _window_fn(i)]
-    if len(windows) != 1:
+    cumulative = not windows and not any(_window_fn(n) for n in tree.find_all(exp.Anonymous))
+    if cumulative and closes:
+        return "EMIT ON WINDOW CLOSE / EMIT FINAL without a window is not merged across workers"
+    if cumulative and _repeats_an_aggregate(tree):
+        return "it repeats an aggregate (natively such a stream emits each cycle's rows)"
+    if cumulative and tree.args.get("having") is not None:
+        # natively HAVING in a non-windowed stream filters each cycle's rows, not the totals
+        return "HAVING in a stream without a window is not merged across workers"
+    if not cumulative and not closes:
+        return "only EMIT ON WINDOW CLOSE / EMIT FINAL windows are merged across workers"
+    if cumulative:
+        time_column, size_ms, slide_ms = "", 0, 0
+        window: exp.Expression | None = None
+    elif len(windows) != 1:
         return (
             "it does not group by exactly one tumble(<column>, INTERVAL ...) or "
             "hop(<column>, INTERVAL <slide>, INTERVAL <size>) window"
         )
-    window = windows[0]
-    time_column, size_ms, slide_ms = _window_args(window, relation)
-    if size_ms is None or slide_ms is None:
-        return (
-            "its window must be tumble(<BIGINT column>, INTERVAL ...) or "
-            f"hop(<BIGINT column>, INTERVAL <slide>, INTERVAL <size>): {window.sql()}"
-        )
-    if size_ms % slide_ms:
-        return f"its hop window's size is not a multiple of its slide: {window.sql()}"
+    else:
+        window = windows[0]
+        time_column, found_size, found_slide = _window_args(window, relation)
+        if found_size is None or found_slide is None:
+            return (
+                "its window must be tumble(<BIGINT column>, INTERVAL ...) or "
+                f"hop(<BIGINT column>, INTERVAL <slide>, INTERVAL <size>): {window.sql()}"
+            )
+        size_ms, slide_ms = found_size, found_slide
+        if size_ms % slide_ms:
+            return f"its hop window's size is not a multiple of its slide: {window.sql()}"
     group_items = [i for i in items if i is not window]
     group_sql = [i.sql(dialect=SQLGLOT_DIALECT) for i in group_items]
     where = tree.args.get("where")
@@ -248,12 +266,12 @@ def plan(stream: str, create_sql: str, catalog: Catalog) -> MergePlan | str:
             if text not in group_sql:
                 return f"its output {item.sql()} is neither grouped nor a COUNT/SUM/MIN/MAX/AVG"
             outputs.append(Output("group", group_sql.index(text)))
-    if _window_fn(window) == "hop" and not projected:
+    if window is not None and _window_fn(window) == "hop" and not projected:
         # the engine emits each pane once instead of every window (research §4.4)
         return "a hop window that is not projected is not merged across workers"
     having: exp.Expression | None = None
     if tree.args.get("having") is not None:
-        if _window_fn(window) == "hop":
+        if window is not None and _window_fn(window) == "hop":
             return "HAVING over a hop window is not merged (the engine's own results are wrong)"
         selected = {item.unalias().sql(dialect=SQLGLOT_DIALECT) for item in tree.expressions}
         aliases = {item.alias.lower() for item in tree.expressions if item.alias}
@@ -263,16 +281,24 @@ def plan(stream: str, create_sql: str, catalog: Catalog) -> MergePlan | str:
         if isinstance(rewritten, str):
             return rewritten
         having = rewritten
-    ts = exp.column(time_column, quoted=True).sql(dialect=SQLGLOT_DIALECT)
-    bucket = f"{ts} - ({ts} % {slide_ms} + {slide_ms}) % {slide_ms}"  # floor: the pane
     keys = [f"{g} AS __g{i}" for i, g in enumerate(group_sql)]
     keys += [f"{d} AS __d" for d in distinct]
     counts = ["COUNT(*) AS __n"] + ([f"COUNT(CASE WHEN {cond} THEN 1 END) AS __m"] if cond else [])
     source = tables[0].sql(dialect=SQLGLOT_DIALECT)
-    partial_sql = (
-        f"SELECT {', '.join([*keys, f'{bucket} AS __w', *counts, *partials])} FROM {source} "
-        f"GROUP BY {', '.join([*group_sql, *distinct, bucket, f'TUMBLE({ts}, {CYCLE_BUCKET_MS})'])}"
-    )
+    if cumulative:  # each cycle, every worker emits its full current partials (research §4.6)
+        by = [*group_sql, *distinct]
+        items, aggs = shared([*keys, *counts, *partials], aggs)
+        partial_sql = f"SELECT {', '.join(items)} FROM {source}" + (
+            f" GROUP BY {', '.join(by)}" if by else ""
+        )
+    else:
+        ts = exp.column(time_column, quoted=True).sql(dialect=SQLGLOT_DIALECT)
+        bucket = f"{ts} - ({ts} % {slide_ms} + {slide_ms}) % {slide_ms}"  # floor: the pane
+        cycle = f"TUMBLE({ts}, {CYCLE_BUCKET_MS})"
+        partial_sql = (
+            f"SELECT {', '.join([*keys, f'{bucket} AS __w', *counts, *partials])} FROM {source} "
+            f"GROUP BY {', '.join([*group_sql, *distinct, bucket, cycle])}"
+        )
     return MergePlan(
         stream=stream,
         source=relation.name,
@@ -286,7 +312,18 @@ def plan(stream: str, create_sql: str, catalog: Catalog) -> MergePlan | str:
         filtered=cond is not None,
         partial_sql=partial_sql,
         having=having,
+        cumulative=cumulative,
     )
+
+
+def _repeats_an_aggregate(tree: exp.Select) -> bool:
+    """Whether the SELECT list holds one aggregate expression twice."""
+    texts = [
+        node.sql(dialect=SQLGLOT_DIALECT)
+        for item in tree.expressions
+        for node in item.find_all(*_AGGS)
+    ]
+    return len(texts) != len(set(texts))
 
 
 def _agg_kind(node: exp.Expression) -> str | None:
@@ -391,8 +428,8 @@ class WindowMerger:
         with self._lock:
             self.rows_in += rows
 
-    def add(self, partial: pa.Table) -> None:
-        """One partial batch from a worker."""
+    def add(self, partial: pa.Table, shard: int = 0) -> None:
+        """One partial batch from a worker (`shard`: which one; windows do not need it)."""
         if partial.num_rows == 0:
             return
         now = time.monotonic()

@@ -3,8 +3,9 @@
 For each stream that `merge.plan` can merge (and a cluster of more than one worker), the
 stream is replaced on every worker, right after its creation, by its partial form under the
 same name (so each worker computes it once, not twice) and forwarded from then on; its
-batches are merged per window (`merge.WindowMerger`) and the results handed to the stream's
-subscribers by the hub. What the engines report about the stream (its SQL in `streams()`,
+batches are merged per window (`merge.WindowMerger`), or for a stream without a window as
+running totals (`cumulative.CumulativeMerger`, told by `ingest` how many rows each call sent),
+and the results handed to the stream's subscribers by the hub. What the engines report about the stream (its SQL in `streams()`,
 its schema) is answered from what they reported before the replacement (`listed`). Every insert call into a source with a WATERMARK passes
 through `ingest`, which keeps the source's cluster watermark (`merge.SourceClock`), ships
 buffered rows before a call that would make them late, sets the watermark on every worker
@@ -21,12 +22,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from laminardb.api.errors import LaminarError
 from laminardb.cluster.catalog import Catalog
 from laminardb.cluster.supervisor import Cluster
 from laminardb.plan.statements import ObjectKind, Statement, StatementKind
 from laminardb.streams import merge
+from laminardb.streams.cumulative import CumulativeMerger
 from laminardb.wire import arrow_ipc, protocol
 
 log = logging.getLogger("laminardb.streams")
@@ -39,7 +42,7 @@ class Run:
     """One merged stream: its plan, its merger and whether its source has a watermark."""
 
     plan: merge.MergePlan
-    merger: merge.WindowMerger
+    merger: merge.WindowMerger  # a CumulativeMerger for a stream without a window
     timed: bool
     listed_sql: str
     """The stream's SQL as the engine lists it (before it was replaced by its partial form)."""
@@ -110,7 +113,7 @@ class Merges:
             except LaminarError as again:
                 log.error("stream %s could not be restored on every worker: %s", name, again)
             return
-        merger = merge.WindowMerger(planned, schema)
+        merger = (CumulativeMerger if planned.cumulative else merge.WindowMerger)(planned, schema)
         self.runs[name] = Run(planned, merger, timed, listed)
 
     def restore(self, shard: int) -> None:
@@ -165,9 +168,12 @@ class Merges:
         """Buffer one insert call (`router.add`), keeping the cluster watermark exact; returns
         the runs that may have windows to emit now."""
         clock = self._clock(source, catalog)
+        totals = [r for r in self.runs.values() if r.plan.source == source and r.plan.cumulative]
         if clock is None:
             router.add(source, rows)
-            return []
+            for run in totals:
+                _expect_rows(run, rows.num_rows)
+            return totals
         buf = router.buffers.get(source)
         step = clock.observe(rows, buffered=bool(buf is not None and buf.tables))
         if step.flush_before:
@@ -177,13 +183,22 @@ class Merges:
             recovery = getattr(router, "recovery", None)  # logged like a Writer's watermark
             with recovery.watermark(source, mark) if recovery is not None else nullcontext():
                 self._cluster.broadcast(lambda rid: protocol.Call(rid, "watermark", [source, mark]))
-        runs = [r for r in self.runs.values() if r.plan.source == source and r.timed]
+        runs = [
+            r
+            for r in self.runs.values()
+            if r.plan.source == source and r.timed and not r.plan.cumulative
+        ]
         for run in runs:
             run.merger.expect(rows, step.live, step.watermark, step.any_live)
         router.add(source, rows)
         if step.set_watermark:
             router.flush(source)  # alone: later calls would raise its rows' watermark
-        return runs
+        kept = pc.is_valid(rows.column(clock.column))  # the engine drops NULL event times
+        kept = kept if step.live is None else pc.and_(kept, step.live)
+        live = int(pc.sum(kept).as_py() or 0)
+        for run in totals:
+            _expect_rows(run, live)
+        return runs + totals
 
     def advance(self, source: str, timestamp: int, catalog: Catalog) -> None:
         """A user's `Writer.watermark(timestamp)` (already set on every worker): the source's
@@ -222,3 +237,9 @@ class Merges:
         replies = self._cluster.broadcast(lambda rid: call(rid, "source_metrics", [source]))
         marks = [int(r.value["watermark"]) for r in replies if r.value]
         return max(marks, default=merge.MIN_WATERMARK)
+
+
+def _expect_rows(run: Run, rows: int) -> None:
+    """Tell a cumulative stream's merger that `rows` accepted rows were sent to the workers."""
+    if isinstance(run.merger, CumulativeMerger):
+        run.merger.expect_rows(rows)

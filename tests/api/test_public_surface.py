@@ -78,11 +78,11 @@ def test_class_has_native_public_members(name: str) -> None:
 
 
 def test_stream_subscriptions_have_native_members_or_raise_stream_error() -> None:
-    """Subscriptions have native's members; a stream the cluster cannot merge by union (here a
-    GROUP BY over an unkeyed source) fails clearly instead of half-working."""
+    """Subscriptions have native's members; a stream the cluster cannot merge (here a STDDEV
+    per group over an unkeyed source) fails clearly instead of half-working."""
     with laminardb.open(":memory:", workers=2) as db:
         db.execute("CREATE SOURCE ev (ts BIGINT, device VARCHAR)")
-        db.execute("CREATE STREAM st AS SELECT device, count(*) AS n FROM ev GROUP BY device")
+        db.execute("CREATE STREAM st AS SELECT device, stddev(ts) AS sd FROM ev GROUP BY device")
         db.execute("CREATE STREAM rows_of AS SELECT ts, device FROM ev")
         with pytest.raises(laminardb.StreamError, match="'st'"):
             db.subscribe_stream("st")
