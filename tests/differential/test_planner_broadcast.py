@@ -18,7 +18,8 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from harness import compare_outcomes, open_single, run_query
+from harness import compare_outcomes, run_query
+from pairs import check, open_pair, ordered
 
 import laminardb
 from laminardb.plan import broadcast, broadcast_run, distributed
@@ -105,33 +106,8 @@ NOT_BROADCAST = [
 @pytest.fixture(scope="module")
 def pair() -> Iterator[tuple[Any, Any]]:
     """(single native instance, 3-worker cluster) holding the same rows."""
-    single = open_single()
-    cluster = laminardb.open(":memory:", workers=3, split_rows=1)
-    try:
-        for sql, key in DDL.values():
-            single.execute(sql)
-            cluster.execute(sql + key)
-        for sql in TABLE_SQL:
-            single.execute(sql)
-            cluster.execute(sql)
-        for name, table in DATA.items():
-            single.insert(name, table)
-            cluster.insert(name, table)
-        yield single, cluster
-    finally:
-        cluster.close()
-        single.close()
-
-
-def _ordered(sql: str) -> bool:
-    return " ORDER BY " in sql.upper().rsplit(")", 1)[-1]
-
-
-def _check(pair: tuple[Any, Any], sql: str) -> None:
-    single, cluster = pair
-    expected, actual = run_query(single, sql), run_query(cluster, sql)
-    diff = compare_outcomes(expected, actual, _ordered(sql))
-    assert diff is None, f"{sql}\n{diff}"
+    with open_pair(DDL, DATA, 3, TABLE_SQL) as both:
+        yield both
 
 
 def _broadcast(cluster: Any, sql: str) -> pa.Table | None:
@@ -155,13 +131,13 @@ def _temporary(cluster: Any) -> list[str]:
 
 @pytest.mark.parametrize("sql", BROADCAST)
 def test_broadcast_queries_match_native(pair: tuple[Any, Any], sql: str) -> None:
-    _check(pair, sql)
+    check(pair, sql)
     assert _broadcast(pair[1], sql) is not None, f"{sql} fell back to gather"
 
 
 @pytest.mark.parametrize("sql", NOT_BROADCAST)
 def test_other_joins_match_native(pair: tuple[Any, Any], sql: str) -> None:
-    _check(pair, sql)
+    check(pair, sql)
     assert _broadcast(pair[1], sql) is None
 
 
@@ -177,7 +153,7 @@ def test_threshold_turns_broadcast_off(pair: tuple[Any, Any], monkeypatch: Any) 
     sql = "SELECT r.id, d.name FROM r JOIN d ON r.g = d.g"
     monkeypatch.setattr(broadcast, "BROADCAST_ROWS", len(DATA["d"]) - 1)
     assert _broadcast(pair[1], sql) is None
-    _check(pair, sql)
+    check(pair, sql)
 
 
 def test_broadcast_rows_option() -> None:
@@ -208,7 +184,7 @@ def test_worker_error_midway_leaves_nothing_behind(pair: tuple[Any, Any]) -> Non
     with cluster._cluster.lock, pytest.raises(laminardb.QueryError, match="nope"):
         broadcast_run.execute(failing, cluster._catalog, fetch)
     assert not _temporary(cluster)
-    _check(pair, "SELECT r.id, d.name FROM r JOIN d ON r.g = d.g ORDER BY r.id LIMIT 5")
+    check(pair, "SELECT r.id, d.name FROM r JOIN d ON r.g = d.g ORDER BY r.id LIMIT 5")
     assert _broadcast(cluster, sql) is not None
 
 
@@ -221,7 +197,7 @@ def test_concurrent_queries(pair: tuple[Any, Any]) -> None:
     def worker(offset: int) -> None:
         for i in range(len(queries)):
             q = queries[(i + offset) % len(queries)]
-            diff = compare_outcomes(expected[q], run_query(cluster, q), _ordered(q))
+            diff = compare_outcomes(expected[q], run_query(cluster, q), ordered(q))
             if diff is not None:
                 failures.append(f"{q}\n{diff}")
 

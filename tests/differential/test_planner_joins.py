@@ -14,9 +14,8 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from harness import compare_outcomes, open_single, run_query
+from pairs import check, open_pair
 
-import laminardb
 from laminardb.plan import compound, distributed, extended, joinagg, joins
 
 pytestmark = pytest.mark.timeout(120)
@@ -148,39 +147,13 @@ GATHERED = [
 @pytest.fixture(scope="module")
 def pair() -> Iterator[tuple[Any, Any]]:
     """(single native instance, 3-worker cluster) holding the same rows."""
-    single = open_single()
-    cluster = laminardb.open(":memory:", workers=3, split_rows=1)
-    try:
-        for sql, key in DDL.values():
-            single.execute(sql)
-            cluster.execute(sql + key)
-        for sql in TABLE_SQL:
-            single.execute(sql)
-            cluster.execute(sql)
-        for name, table in DATA.items():
-            single.insert(name, table)
-            cluster.insert(name, table)
-        yield single, cluster
-    finally:
-        cluster.close()
-        single.close()
-
-
-def _ordered(sql: str) -> bool:
-    """Whether the query's top level sorts (an ORDER BY after the last closing bracket)."""
-    return " ORDER BY " in sql.upper().rsplit(")", 1)[-1]
-
-
-def _check(pair: tuple[Any, Any], sql: str) -> None:
-    single, cluster = pair
-    expected, actual = run_query(single, sql), run_query(cluster, sql)
-    diff = compare_outcomes(expected, actual, _ordered(sql))
-    assert diff is None, f"{sql}\n{diff}"
+    with open_pair(DDL, DATA, 3, TABLE_SQL) as both:
+        yield both
 
 
 @pytest.mark.parametrize("sql", PLANNED)
 def test_planned_queries_match_native(pair: tuple[Any, Any], sql: str) -> None:
-    _check(pair, sql)
+    check(pair, sql)
     cluster = pair[1]
     catalog = cluster._catalog
     assert joins.plan(sql, catalog) is not None or compound.plan(sql, catalog) is not None
@@ -191,7 +164,7 @@ def test_planned_queries_match_native(pair: tuple[Any, Any], sql: str) -> None:
 
 @pytest.mark.parametrize("sql", JOIN_AGGREGATES)
 def test_join_aggregates_match_native(pair: tuple[Any, Any], sql: str) -> None:
-    _check(pair, sql)
+    check(pair, sql)
     cluster = pair[1]
     assert joinagg.plan(sql, cluster._catalog) is not None
     fetch = distributed.cluster_fetch(cluster._cluster)
@@ -201,7 +174,7 @@ def test_join_aggregates_match_native(pair: tuple[Any, Any], sql: str) -> None:
 
 @pytest.mark.parametrize("sql", GATHERED)
 def test_other_queries_match_native(pair: tuple[Any, Any], sql: str) -> None:
-    _check(pair, sql)
+    check(pair, sql)
 
 
 def test_explain_shows_the_plan(pair: tuple[Any, Any]) -> None:

@@ -24,7 +24,8 @@ from laminardb.cluster.catalog import Catalog, Relation
 from laminardb.plan import gather, pushdown, statements
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "differential"))
-from harness import compare_outcomes, open_single, run_query
+from harness import compare_outcomes, run_query
+from pairs import check, open_pair
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -342,28 +343,13 @@ GATHERED = [
 @pytest.fixture(scope="module")
 def pair() -> Iterator[tuple[Any, Any]]:
     """(single native instance, 2-worker cluster) holding the same rows."""
-    single = open_single()
-    cluster = laminardb.open(":memory:", workers=2, split_rows=1)
-    try:
-        for sql, key in DDL.values():
-            single.execute(sql)
-            cluster.execute(sql + key)
-        for name, table in DATA.items():
-            single.insert(name, table)
-            cluster.insert(name, table)
-        yield single, cluster
-    finally:
-        cluster.close()
-        single.close()
+    with open_pair(DDL, DATA, 2) as both:
+        yield both
 
 
 @pytest.mark.parametrize("sql", GATHERED)
 def test_gathered_queries_match_native(pair: tuple[Any, Any], sql: str) -> None:
-    single, cluster = pair
-    expected, actual = run_query(single, sql), run_query(cluster, sql)
-    ordered = " ORDER BY " in sql.upper().rsplit(")", 1)[-1]
-    diff = compare_outcomes(expected, actual, ordered)
-    assert diff is None, f"{sql}\n{diff}"
+    check(pair, sql)
 
 
 class _GatherOnly:
@@ -390,10 +376,7 @@ GATHER_ONLY = [
 @pytest.mark.parametrize("sql", GATHERED + GATHER_ONLY)
 def test_gather_path_matches_native(pair: tuple[Any, Any], sql: str) -> None:
     single, cluster = pair
-    expected, actual = run_query(single, sql), run_query(_GatherOnly(cluster), sql)
-    ordered = " ORDER BY " in sql.upper().rsplit(")", 1)[-1]
-    diff = compare_outcomes(expected, actual, ordered)
-    assert diff is None, f"{sql}\n{diff}"
+    check((single, _GatherOnly(cluster)), sql)
 
 
 def test_gathered_shapes_really_gather(pair: tuple[Any, Any], monkeypatch: Any) -> None:
