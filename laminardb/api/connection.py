@@ -109,6 +109,10 @@ class Connection:
         mode = check_durability(durability)
         if mode != "buffered" and not (is_persistent(path) or recovery):
             raise ValueError(f'durability="{mode}" needs a path (or recovery=True)')
+        if broadcast_rows is not None and (type(broadcast_rows) is not int or broadcast_rows < 0):
+            raise ValueError(
+                f"broadcast_rows must be an int >= 0 (0: never), not {broadcast_rows!r}"
+            )
         self._durable = Log(path) if is_persistent(path) else (Log.private() if recovery else None)
         if self._durable is not None:
             self._durable.durability = mode

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import pyarrow as pa
@@ -16,6 +17,18 @@ MIN_WATERMARK = -(2**63)
 
 class _Inserter(Protocol):
     def insert(self, table: str, data: Any) -> int: ...
+
+
+def timestamp_arg(value: object) -> int:
+    """`value` as the integer timestamp `Writer.watermark` takes; the native TypeError for
+    anything else (a float is not truncated, a string not parsed)."""
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"argument 'timestamp': '{type(value).__name__}' object cannot be interpreted "
+            "as an integer"
+        ) from None
 
 
 class WriterBase:
@@ -91,13 +104,14 @@ class Writer(WriterBase):
         """Advance the source watermark on every worker (after shipping buffered rows) and in
         the coordinator's cluster clock, so merged windows close and late rows are judged as
         one native instance does after the same call."""
+        timestamp = timestamp_arg(timestamp)
         self._check()
         with self._conn._lock:
             self._conn._check()
             self._conn._flush(self._name)
-            with self._conn._recovery.watermark(self._name, int(timestamp)):  # logged first
-                marks = self._conn._broadcast_call("watermark", [self._name, int(timestamp)])
-            self._conn._streams.advance_watermark(self._name, int(timestamp), self._conn._catalog)
+            with self._conn._recovery.watermark(self._name, timestamp):  # logged first
+                marks = self._conn._broadcast_call("watermark", [self._name, timestamp])
+            self._conn._streams.advance_watermark(self._name, timestamp, self._conn._catalog)
             self._watermark = max([self._watermark, *marks])
 
     def close(self) -> None:

@@ -37,7 +37,7 @@ from laminardb.api.errors import (
     from_wire,
 )
 from laminardb.api.results import QueryResult
-from laminardb.api.writer import WriterBase
+from laminardb.api.writer import WriterBase, timestamp_arg
 from laminardb.service import auth, runtime, shm
 from laminardb.service import protocol as p
 from laminardb.service.server import boot_id
@@ -495,8 +495,9 @@ class RemoteWriter(WriterBase):
         return rows
 
     def watermark(self, timestamp: int) -> None:
+        timestamp = timestamp_arg(timestamp)
         self._check()
-        mark = self._conn._call("writer_watermark", self._name, int(timestamp))
+        mark = self._conn._call("writer_watermark", self._name, timestamp)
         self._watermark = max(self._watermark, int(mark))
 
     def close(self) -> None:

@@ -171,6 +171,12 @@ def test_broadcast_rows_option() -> None:
             conn.close()
 
 
+@pytest.mark.parametrize("bad", [-1, "10", 2.5, True])
+def test_bad_broadcast_rows_is_refused_before_any_worker_starts(bad: Any) -> None:
+    with pytest.raises(ValueError, match="broadcast_rows"):
+        laminardb.open(":memory:", workers=2, broadcast_rows=bad)
+
+
 def test_worker_error_midway_leaves_nothing_behind(pair: tuple[Any, Any]) -> None:
     cluster = pair[1]
     sql = "SELECT r.id, d.name FROM r JOIN d ON r.g = d.g"

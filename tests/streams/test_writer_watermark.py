@@ -196,3 +196,24 @@ def test_watermark_and_rows_survive_a_reopen_in_the_clock(tmp_path: Any) -> None
         got = read_until(sub, canon([(10_000, 15_000, None, 2, 3.0, 1.5)]))
         assert [(r[0], r[1], r[3]) for r in got] == [(10_000, 15_000, 2)]
         assert runs["g"].merger.stalled == 0
+
+
+@pytest.mark.parametrize("bad", ["5", None, 2.5])
+def test_watermark_takes_only_integers_like_native(bad: Any) -> None:
+    """Native raises TypeError (a float is not truncated); so does the cluster, and the
+    watermark stays where it was."""
+    ddl = "CREATE SOURCE wm (ts BIGINT, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)"
+    one = native.open(":memory:")
+    ours = laminardb.open(":memory:", workers=2)
+    try:
+        messages = []
+        for conn in (one, ours):
+            conn.execute(ddl)
+            with pytest.raises(TypeError) as caught:
+                conn.writer("wm").watermark(bad)
+            messages.append(str(caught.value))
+        assert messages[0] == messages[1]
+        assert ours.writer("wm").current_watermark == one.writer("wm").current_watermark
+    finally:
+        ours.close()
+        one.close()
