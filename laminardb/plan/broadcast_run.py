@@ -21,7 +21,6 @@ The caller holds the cluster lock (as for every query), so the arenas are free.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Sequence
@@ -217,36 +216,23 @@ def ship(
     Every asked worker has answered (or is gone) when this returns or raises, so the
     arenas are free again."""
     needed = sum(_aligned(data.size) for _, data in shipment)
-    targets = range(len(cluster.workers)) if shards is None else shards
-    pending: dict[int, int] = {}
-    failure: BaseException | None = None
+    targets = list(range(len(cluster.workers)) if shards is None else shards)
+    if any(needed > cluster.workers[shard].arena.size for shard in targets):
+        raise Fallback(f"{needed} bytes to broadcast do not fit the arena")
+    relations: list[protocol.TempRelation] = []
+    offset = 0
+    for small, data in shipment:
+        relations.append(protocol.TempRelation(small.private, small.ddl, offset, data.size))
+        offset += _aligned(data.size)
     for shard in targets:
-        arena = cluster.workers[shard].arena
-        if needed > arena.size:
-            failure = Fallback(f"{needed} bytes to broadcast do not fit the arena")
-            break
-        view = np.frombuffer(arena.view, dtype=np.uint8)
-        relations: list[protocol.TempRelation] = []
-        offset = 0
-        for small, data in shipment:
-            view[offset : offset + data.size] = np.frombuffer(data, dtype=np.uint8)
-            relations.append(protocol.TempRelation(small.private, small.ddl, offset, data.size))
-            offset += _aligned(data.size)
+        view = np.frombuffer(cluster.workers[shard].arena.view, dtype=np.uint8)
+        for relation, (_, data) in zip(relations, shipment, strict=True):
+            view[relation.offset : relation.offset + relation.length] = np.frombuffer(
+                data, dtype=np.uint8
+            )
         del view
-        rid = cluster.new_rid()
-        try:
-            cluster.send(shard, protocol.BroadcastQuery(rid, sql, relations))
-        except LaminarError as exc:
-            failure = exc
-            break
-        pending[rid] = shard
-    if failure is not None:
-        with contextlib.suppress(LaminarError):
-            cluster.collect(pending)
-        raise failure
-    replies = cluster.collect(pending)
-    ordered = sorted(replies.values(), key=lambda r: r.shard)
-    return [arrow_ipc.loads(r.data.buffer) for r in ordered]
+    replies = cluster.broadcast(lambda rid: protocol.BroadcastQuery(rid, sql, relations), targets)
+    return [arrow_ipc.loads(r.data.buffer) for r in replies]
 
 
 def _aligned(size: int) -> int:
