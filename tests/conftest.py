@@ -1,15 +1,36 @@
-"""Suite-wide fixtures: a shared small cluster, and the leak check that runs after every test run."""
+"""Suite-wide fixtures: a shared small cluster, the leak check that runs after every test run,
+and the deselection of the streams and durability tests' `slow` tier."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
 
 SHM = "/dev/shm"
+_SLOW_FOLDERS = tuple(Path(__file__).resolve().parent / d for d in ("streams", "durability"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The `slow` cases of the streams tests (more worker counts and orders of the same
+    differential checks) and of the durability tests (50 fault-injection rounds) run only
+    when asked for (`-m slow`, any `-m` naming it, or `LAMINARDB_SLOW=1`), as pyproject
+    promises. The differential folder has its own hook, which also reports the count."""
+    markexpr = str(config.getoption("markexpr", "") or "")
+    if "slow" in markexpr or os.environ.get("LAMINARDB_SLOW") == "1":
+        return
+    slow = {
+        id(i)
+        for i in items
+        if i.get_closest_marker("slow") and any(f in i.path.parents for f in _SLOW_FOLDERS)
+    }
+    if slow:
+        config.hook.pytest_deselected(items=[i for i in items if id(i) in slow])
+        items[:] = [i for i in items if id(i) not in slow]
 
 
 def our_shm() -> list[str]:

@@ -14,9 +14,7 @@ Waits poll with deadlines, never sleep for a fixed time.
 from __future__ import annotations
 
 import itertools
-import os
 import random
-import signal
 import time
 from collections import Counter
 from typing import Any
@@ -24,6 +22,7 @@ from typing import Any
 import laminardb_native as native
 import pyarrow as pa
 import pytest
+from test_merged_streams import canon, restart_worker
 
 import laminardb
 from laminardb.cluster.catalog import Catalog, Relation
@@ -72,10 +71,6 @@ def ticks(seed: int, n: int = 8, late: bool = False) -> list[list[Row]]:
 
 def arrow(rows: list[Row]) -> pa.Table:
     return pa.Table.from_pylist([dict(zip(SCHEMA.names, r, strict=True)) for r in rows], SCHEMA)
-
-
-def canon(rows: list[Row]) -> Counter[Row]:
-    return Counter(tuple(round(v, 9) if isinstance(v, float) else v for v in row) for row in rows)
 
 
 def native_last(sub: Any, quiet_ms: int = 1200) -> Counter[Row]:
@@ -228,13 +223,7 @@ def test_a_worker_restart_ends_running_totals_until_the_stream_is_recreated(
         first = db.subscribe_stream("tot")
         db.start()
         db.insert("ev", arrow(ticks(1, n=1)[0]))
-        db.sql("SELECT 1")
-        victim = db.workers()[1].pid
-        os.kill(victim, signal.SIGKILL)
-        deadline = time.monotonic() + 60
-        while db.workers()[1].pid == victim and time.monotonic() < deadline:
-            time.sleep(0.05)  # the monitor thread restarts it; nothing to wait on
-        db.sql("SELECT 1")
+        restart_worker(db, 1)
         with pytest.raises(laminardb.SubscriptionError, match=r"worker 1.*re-create"):
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:

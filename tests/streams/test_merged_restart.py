@@ -4,14 +4,12 @@ native instance emits them."""
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from typing import Any
 
 import laminardb_native as native
 import pytest
-from test_merged_streams import GLOBAL, SOURCE, ticks
+from test_merged_streams import GLOBAL, SOURCE, restart_worker, ticks
 
 import laminardb
 
@@ -69,13 +67,7 @@ def test_merged_stream_survives_a_worker_restart(tmp_path: Any) -> None:
         db.start()
         for i, rows in enumerate(data):
             if i == KILL_AT:
-                db.sql("SELECT 1")
-                victim = db.workers()[1].pid
-                os.kill(victim, signal.SIGKILL)
-                deadline = time.monotonic() + 60
-                while db.workers()[1].pid == victim and time.monotonic() < deadline:
-                    time.sleep(0.05)  # the monitor thread restarts it; nothing to wait on
-                db.sql("SELECT 1")
+                restart_worker(db, 1)
                 later = db.subscribe_stream("g")
             db.insert("ev", _rows(rows))
         with pytest.raises(laminardb.SubscriptionError, match="worker 1"):

@@ -14,7 +14,9 @@ Waits poll with deadlines, never sleep for a fixed time.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 import threading
 import time
 from collections import Counter
@@ -89,6 +91,17 @@ def arrow(rows: list[Row]) -> pa.Table:
         {"ts": [r[0] for r in rows], "device": [r[1] for r in rows], "value": [r[2] for r in rows]},
         schema=SCHEMA,
     )
+
+
+def restart_worker(db: Any, shard: int) -> None:
+    """Kill worker `shard` with SIGKILL and return once the monitor has restarted it."""
+    db.sql("SELECT 1")
+    victim = db.workers()[shard].pid
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while db.workers()[shard].pid == victim and time.monotonic() < deadline:
+        time.sleep(0.05)  # the monitor thread restarts it; nothing to wait on
+    db.sql("SELECT 1")
 
 
 def canon(rows: list[Row]) -> Counter[Row]:
