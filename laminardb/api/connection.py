@@ -157,8 +157,12 @@ class Connection:
             daemon=True,
         )
         self._flusher.start()
+        # Not a daemon: the interpreter waits for it (~0.5 s) at exit. A daemon thread still
+        # inside the engine when the interpreter finalizes is ended by pthread_exit, whose
+        # unwinding the engine's Rust frames catch: the process aborts ("FATAL: exception not
+        # rethrown", exit status -6) instead of exiting cleanly.
         self._warm_up = threading.Thread(
-            target=gather.warm_up, name="laminardb-warm-up", daemon=True
+            target=gather.warm_up, name="laminardb-warm-up", daemon=False
         )
         self._warm_up.start()
         if self._durable is not None:
