@@ -42,7 +42,7 @@ def read_files(r: protocol.ReadFiles, shard: int, staged: Staged) -> dict[str, A
     clock = _Clock()
     schema = pa.ipc.read_schema(pa.py_buffer(r.schema))
     opts = FileOptions(r.format, bool(r.options["header"]), str(r.options["delimiter"]))
-    threads = (os.cpu_count() or 1) > r.workers  # siblings keep the cores busy otherwise
+    threads = pa.cpu_count() > 1  # the worker's share of the cores (1: siblings use the rest)
     tables = [read_split(split, opts, schema, r.source, threads) for split in r.splits]
     tables = [t for t in tables if t.num_rows]
     clock.lap("read")

@@ -39,7 +39,7 @@ class WorkerSpec:
     arena_name: str
     arena_size: int
     parent_pid: int
-    cpu: int | None = None
+    cpus: list[int] | None = None
     engine_threads: int | None = None
     log_level: int = logging.WARNING
 
@@ -55,9 +55,13 @@ def run(spec: WorkerSpec) -> None:
     """Entry point of a spawned worker process."""
     if spec.engine_threads:
         os.environ["TOKIO_WORKER_THREADS"] = str(spec.engine_threads)
-    if spec.cpu is not None and hasattr(os, "sched_setaffinity"):
+    if spec.cpus and hasattr(os, "sched_setaffinity"):
         with contextlib.suppress(OSError):
-            os.sched_setaffinity(0, {spec.cpu})
+            os.sched_setaffinity(0, set(spec.cpus))
+    if spec.engine_threads:
+        import pyarrow as pa  # its thread pool would otherwise size itself to every core
+
+        pa.set_cpu_count(spec.engine_threads)
     from laminardb.service import logs
 
     logs.configure(spec.shard, spec.log_level)  # every record carries `shard`

@@ -39,6 +39,7 @@ from typing import Any
 import zmq
 
 from laminardb.api.errors import ConnectionError, LaminarError, codes, from_wire
+from laminardb.cluster import cores
 from laminardb.wire import protocol
 from laminardb.wire.arena import SHM_DIR, Arena, sweep_stale
 
@@ -139,14 +140,7 @@ class Cluster:
 
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         n = self.options.workers
-        # One worker per core: pinned, so that its engine plans for the one core it has
-        # (a worker that sees every core splits each query into that many partitions and
-        # runs them on its one engine thread: a high-cardinality GROUP BY took ~2x longer).
-        # With cores to spare the first stays free for the coordinator; with more workers
-        # than cores none is pinned (the scheduler balances them).
-        pin = self.options.pin_cpus and len(cpus) >= n
-        first = 1 if len(cpus) > n else 0
-        threads = max(1, len(cpus) // n) if cpus else None
+        sets = cores.core_sets(cpus, n) if self.options.pin_cpus else None
         arena = self._create_arena(shard)
         spec = WorkerSpec(
             shard=shard,
@@ -155,8 +149,8 @@ class Cluster:
             arena_name=arena.name,
             arena_size=arena.size,
             parent_pid=os.getpid(),
-            cpu=cpus[(shard + first) % len(cpus)] if pin else None,
-            engine_threads=threads,
+            cpus=sets[shard] if sets else None,
+            engine_threads=cores.engine_threads(cpus, n),
             log_level=self.options.log_level,
         )
         try:
