@@ -15,7 +15,7 @@ count. Every figure is also given as native time / engine time (above 1: faster 
 native instance). `cpu s` columns: CPU seconds of the phase summed over this process and its
 worker processes (the work done; wall time on a shared machine moves with others' load).
 
-Usage: `.venv/bin/python -m benchmarks.batch_job [--rows 2000000] [--workers 2]
+Usage: `.venv/bin/python -m benchmarks.batch_job [--rows 2000000] [--workers 2[,4,8]]
 [--formats parquet,csv] [--repeat 1] [--logged] [--json out.json]` (`--rows 10000000` is the issue's size).
 """
 
@@ -216,12 +216,13 @@ def _bag(table: pa.Table) -> list[tuple[Any, ...]]:
     return sorted(tuple(round(v, 2) if isinstance(v, float) else v for v in r) for r in rows)
 
 
-def _engines(workers: int, keyed: bool, logged: bool = False) -> dict[str, Job]:
+def _engines(workers: list[int], keyed: bool, logged: bool = False) -> dict[str, Job]:
     engines: dict[str, Job] = {"native": native_job}
-    engines[f"cluster {workers}w" + ("" if keyed else " unkeyed")] = cluster_job(workers, keyed)
-    if logged:
-        label = f"cluster {workers}w logged" + ("" if keyed else " unkeyed")
-        engines[label] = cluster_job(workers, keyed, logged=True)
+    for n in workers:
+        engines[f"cluster {n}w" + ("" if keyed else " unkeyed")] = cluster_job(n, keyed)
+        if logged:
+            label = f"cluster {n}w logged" + ("" if keyed else " unkeyed")
+            engines[label] = cluster_job(n, keyed, logged=True)
     for name, job in (("duckdb", duckdb_job), ("polars", polars_job)):
         try:
             __import__(name)
@@ -233,7 +234,7 @@ def _engines(workers: int, keyed: bool, logged: bool = False) -> dict[str, Job]:
 
 def run(
     rows: int,
-    workers: int,
+    workers: list[int],
     formats: list[str],
     repeat: int,
     keyed: bool = True,
@@ -281,7 +282,9 @@ def run(
 
 @click.command()
 @click.option("--rows", default=2_000_000, show_default=True, help="rows in each file")
-@click.option("--workers", default=2, show_default=True)
+@click.option(
+    "--workers", default="2", show_default=True, help="worker counts, comma-separated: 2,4,8"
+)
 @click.option("--formats", default="parquet,csv", show_default=True)
 @click.option("--repeat", default=1, show_default=True, help="best of this many runs")
 @click.option("--keyed/--unkeyed", default=True, show_default=True, help="PARTITION BY customer")
@@ -289,7 +292,7 @@ def run(
 @click.option("--json", "json_path", default=None, help="also write the figures here")
 def main(
     rows: int,
-    workers: int,
+    workers: str,
     formats: str,
     repeat: int,
     keyed: bool,
@@ -298,7 +301,8 @@ def main(
 ) -> None:
     """Load + two GROUP BY reports + write, for native, the cluster, DuckDB and polars."""
     chosen = [f.strip() for f in formats.split(",") if f.strip()]
-    results = run(rows, workers, chosen, repeat, keyed, logged)
+    counts = [int(n) for n in workers.split(",") if n.strip()]
+    results = run(rows, counts, chosen, repeat, keyed, logged)
     table = Table(title=f"batch job, {rows:,} rows, {os.cpu_count()} cores (best of {repeat})")
     columns = ("format", "engine", "load s", "load cpu s", "report s", "report cpu s")
     for column in (*columns, "total s", "native / engine"):
