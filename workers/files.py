@@ -18,7 +18,9 @@ import contextlib
 import os
 import secrets
 import time
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -36,15 +38,25 @@ Staged = dict[int, list[tuple[str, pa.Table]]]
 # died), so its own sweep can run before this worker has written them.
 _written: dict[int, list[str]] = {}
 
+MIN_RANGE_ROWS = 250_000
+"""Rows below which a range is not worth a thread of its own in the exchange."""
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
 
 def read_files(r: protocol.ReadFiles, shard: int, staged: Staged) -> dict[str, Any]:
     """Read, cast and place the rows of `r.splits`; returns rows read and segments written."""
     clock = _Clock()
     schema = pa.ipc.read_schema(pa.py_buffer(r.schema))
     opts = FileOptions(r.format, bool(r.options["header"]), str(r.options["delimiter"]))
-    threads = pa.cpu_count() > 1  # the worker's share of the cores (1: siblings use the rest)
-    tables = [read_split(split, opts, schema, r.source, threads) for split in r.splits]
-    tables = [t for t in tables if t.num_rows]
+    cores = pa.cpu_count()  # this worker's share of the cores (1: siblings use the rest)
+    threads = len(r.splits) < cores  # Arrow's threads too, when the splits do not fill them
+
+    def read(split: Any) -> pa.Table:
+        return read_split(split, opts, schema, r.source, threads)
+
+    tables = [t for t in _map(read, r.splits, cores) if t.num_rows]
     clock.lap("read")
     if not tables:
         return {"rows": 0, "segments": [], "timings": clock.laps}
@@ -56,8 +68,10 @@ def read_files(r: protocol.ReadFiles, shard: int, staged: Staged) -> dict[str, A
             return {"rows": rows, "segments": [], "timings": clock.laps}
         parts = [table if dest == shard else table.slice(0, 0) for dest in range(r.workers)]
     else:
-        parts = by_owner(table, r.keys, r.workers, clock)
+        parts = by_owner_parallel(table, r.keys, r.workers, cores)
+        clock.lap("exchange")
     segments: list[list[Any]] = []
+    writes: list[tuple[str, pa.Table]] = []
     try:
         for dest, part in enumerate(parts):
             if not part.num_rows:
@@ -68,7 +82,9 @@ def read_files(r: protocol.ReadFiles, shard: int, staged: Staged) -> dict[str, A
             name = f"{r.prefix}x{r.txn}-{shard}to{dest}-{secrets.token_hex(4)}"
             segments.append([dest, name])
             _written.setdefault(r.txn, []).append(name)
-            _write_segment(name, part)
+            writes.append((name, part))
+        for _ in _map(lambda w: _write_segment(*w), writes, cores):
+            pass
     except BaseException:
         unlink([name for _, name in segments])
         staged.pop(r.txn, None)
@@ -135,6 +151,27 @@ def by_owner(
         clock.lap("reorder")
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     return [ordered.slice(int(s), int(c)) for s, c in zip(starts, counts, strict=True)]
+
+
+def by_owner_parallel(table: pa.Table, keys: list[str], workers: int, cores: int) -> list[pa.Table]:
+    """`by_owner` over row ranges of `table` on up to `cores` threads (the hash, the sort and
+    the take release the GIL), the ranges' parts joined per owner in input order: the same
+    parts as `by_owner`, each of up to `cores` chunks."""
+    ranges = min(cores, table.num_rows // MIN_RANGE_ROWS)
+    if ranges < 2:
+        return by_owner(table, keys, workers)
+    step = -(-table.num_rows // ranges)
+    pieces = [table.slice(start, step) for start in range(0, table.num_rows, step)]
+    cut = list(_map(lambda piece: by_owner(piece, keys, workers), pieces, cores))
+    return [pa.concat_tables([parts[dest] for parts in cut]) for dest in range(workers)]
+
+
+def _map(fn: Callable[[_T], _R], items: Sequence[_T], cores: int) -> Iterator[_R]:
+    """`map(fn, items)`, in order, on up to `cores` threads when there is more than one item."""
+    if cores < 2 or len(items) < 2:
+        return map(fn, items)
+    with ThreadPoolExecutor(min(cores, len(items))) as pool:
+        return iter(list(pool.map(fn, items)))
 
 
 def _write_segment(name: str, table: pa.Table) -> None:

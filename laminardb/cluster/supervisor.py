@@ -135,6 +135,12 @@ class Cluster:
         for worker in self.workers:
             worker.arena.unlink()
 
+    @property
+    def worker_cores(self) -> int:
+        """The cores each worker runs on (its engine's threads)."""
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        return cores.engine_threads(cpus, self.options.workers) or 1
+
     def _start_worker(self, shard: int) -> WorkerHandle:
         from workers.server import WorkerSpec
 

@@ -96,7 +96,7 @@ def _load(
     router = conn._router
     cluster = conn._cluster
     n = len(cluster.workers)
-    shares = splits.plan(paths, opts, n, relation.name)
+    shares = splits.plan(paths, opts, n, relation.name, cluster.worker_cores)
     target = router.targets.get(relation.name)
     keys = list(target.keys) if target is not None else []
     if target is not None and target.home is not None:  # a table lives on one worker

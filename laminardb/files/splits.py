@@ -62,12 +62,15 @@ def expand(pattern: str, table: str) -> list[str]:
     return [pattern]
 
 
-def plan(paths: list[str], opts: FileOptions, workers: int, table: str) -> list[list[FileSplit]]:
-    """One list of splits per worker (some may be empty)."""
+def plan(
+    paths: list[str], opts: FileOptions, workers: int, table: str, per_worker: int = 1
+) -> list[list[FileSplit]]:
+    """One list of splits per worker (some may be empty); a text file is cut into up to
+    `per_worker` pieces a worker (its cores: it reads them at once, one thread each)."""
     if opts.format == "parquet":
         units = list(_parquet_units(paths, table))
     else:
-        units = list(_text_units(paths, opts, workers, table))
+        units = list(_text_units(paths, opts, workers * max(1, per_worker), table))
     return _assign(units, workers)
 
 
@@ -84,17 +87,17 @@ def _parquet_units(paths: list[str], table: str) -> Iterator[tuple[FileSplit, in
 
 
 def _text_units(
-    paths: list[str], opts: FileOptions, workers: int, table: str
+    paths: list[str], opts: FileOptions, pieces_max: int, table: str
 ) -> Iterator[tuple[FileSplit, int]]:
     sizes = {p: os.path.getsize(p) for p in paths}
-    target = max(MIN_SPLIT_BYTES, -(-sum(sizes.values()) // max(1, workers)))
+    target = max(MIN_SPLIT_BYTES, -(-sum(sizes.values()) // max(1, pieces_max)))
     for path in paths:
         size = sizes[path]
         names = _header(path, opts, table) if opts.format == "csv" and opts.header else []
         if compression_of(path) is not None or (opts.format == "json" and _is_array(path)):
             yield FileSplit(path, 0, -1, names=names), size
             continue
-        pieces = max(1, min(workers, -(-size // target)))
+        pieces = max(1, min(pieces_max, -(-size // target)))
         if pieces == 1:  # whole: quoted values may then hold line breaks
             yield FileSplit(path, 0, -1, names=names), size
             continue

@@ -3,6 +3,7 @@ compared with one native instance fed the same rows as Arrow through `insert`.""
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,33 @@ def test_by_owner_cuts_like_partition_split() -> None:
         ours = by_owner(data, ["device"], n)
         theirs = partition.split(data, ["device"], n)
         assert [t.to_pylist() for t in ours] == [t.to_pylist() for t in theirs]
+
+
+def test_a_worker_with_several_cores_gets_several_line_aligned_pieces(tmp_path: Path) -> None:
+    from laminardb.files.options import FileOptions
+
+    path = write(sample(600), str(tmp_path / "rows.csv"), "csv")
+    shares = splits.plan([path], FileOptions("csv", True, ","), 2, "t", per_worker=3)
+    assert [len(share) for share in shares] == [3, 3]
+    pieces = sorted((s.start, s.end) for share in shares for s in share)
+    data = Path(path).read_bytes()
+    assert pieces[0][0] == 0 and pieces[-1][1] == len(data)
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(pieces))
+    assert all(data[end - 1 : end] == b"\n" for _, end in pieces)
+
+
+def test_threaded_cut_gives_the_same_parts_in_input_order(monkeypatch: Any) -> None:
+    import pyarrow as pa
+
+    from workers import files
+
+    monkeypatch.setattr(files, "MIN_RANGE_ROWS", 40)  # several ranges of a small table
+    data = pa.concat_tables([sample(300), sample(200, seed=5)])
+    for n in (2, 3):
+        serial = files.by_owner(data, ["device"], n)
+        threaded = files.by_owner_parallel(data, ["device"], n, cores=4)
+        assert max(t.column(0).num_chunks for t in threaded) > 1  # the ranges were cut
+        assert [t.to_pylist() for t in threaded] == [t.to_pylist() for t in serial]
 
 
 def test_csv_quoted_line_breaks_are_not_cut(cluster: Any, tmp_path: Path) -> None:
