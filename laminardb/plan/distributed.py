@@ -144,7 +144,10 @@ def execute(plan: Plan, catalog: Catalog, fetch: Fetch) -> pa.Table:
     if plan.vshards is not None and shards is not None and len(shards) == 1:
         # Every row the query can read is on this worker: it answers the query as written.
         return _conform(fetch(plan.sql, shards)[0], probe.answer)
-    parts = [_conform_partial(t, probe.partials) for t in fetch(plan.worker_sql, shards)]
+    fetched = fetch(plan.worker_sql, shards)
+    if plan.one_row_each and any(t.num_rows == 0 for t in fetched):
+        return probe.answer.empty_table()  # a swallowed run-time error (`Plan.one_row_each`)
+    parts = [_conform_partial(t, probe.partials) for t in fetched]
     partials = pa.concat_tables(parts) if parts else probe.partials.empty_table()
     if plan.merge_sql is None and plan.fast is None:
         return _conform(partials, probe.answer)

@@ -109,6 +109,10 @@ class Plan:
     staged: moments.Staged | None = None
     """VAR/STDDEV/MEDIAN values per group to add to the partials before `merge_sql` runs
     (`moments`: the merge SQL reads them as `MAX("_mN")`)."""
+    one_row_each: bool = False
+    """Each worker's partial is one row (an aggregate without GROUP BY). A worker that
+    returns none hit a run-time error that its engine swallowed (a division by zero): the
+    native engine, reading that row too, then answers nothing, and so does the plan."""
 
 
 def plan(sql: str, catalog: Catalog) -> Plan | None:
@@ -557,6 +561,7 @@ def _two_phase(query: Query, shards: tuple[int, ...] | None) -> Plan:
         merge,
         fast=fast,
         staged=staged,
+        one_row_each=not worker_keys,
     )
 
 

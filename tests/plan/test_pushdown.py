@@ -366,8 +366,8 @@ class _GatherOnly:
         return type("Result", (), {"to_arrow": lambda self: table})()
 
 
-# Native swallows the run-time error of this one into an empty answer; the two-phase rule
-# (not the gather path) answers it differently today, so it is checked on the gather path only.
+# Native swallows the run-time error of this one into an empty answer; checked here on the
+# gather path (tests/differential/test_runtime_errors.py checks the two-phase rule on such cases).
 GATHER_ONLY = [
     "SELECT count(*) FROM t WHERE v > 2 AND CASE WHEN d = 0 THEN false ELSE k / d > 1 END",
 ]

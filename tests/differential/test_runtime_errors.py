@@ -1,0 +1,61 @@
+"""Run-time errors the native engine swallows (an integer division by zero): a global
+aggregate then answers nothing natively, and the cluster's two-phase plan must too (a
+worker that hit the error returns no partial row; the others still return theirs)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from pairs import check, open_pair
+
+from laminardb.cluster.catalog import Catalog
+from laminardb.plan import split
+
+pytestmark = pytest.mark.timeout(120)
+
+DDL = {"t": ("CREATE SOURCE t (id BIGINT, g BIGINT, v DOUBLE)", " PARTITION BY (id)")}
+DATA = {
+    "t": pa.table(
+        {
+            "id": pa.array(range(40), pa.int64()),
+            "g": pa.array([i % 4 for i in range(40)], pa.int64()),
+            "v": pa.array([i * 0.5 for i in range(40)]),
+        }
+    )
+}
+
+SWALLOWED = [
+    "SELECT count(*) FROM t WHERE id / (g - g) > 1",  # every row fails
+    "SELECT count(*), sum(v) FROM t WHERE 10 / (id - 5) > 0",  # one row, on one worker
+    "SELECT sum(10 / (id - 5)) AS s, max(v) AS m FROM t",
+    "SELECT avg(v) FROM t WHERE v > 2 AND CASE WHEN g = 0 THEN false ELSE id / (g - 1) > 1 END",
+]
+HEALTHY = [  # one row, also where a worker or every worker has no matching row
+    "SELECT count(*) FROM t WHERE v > 1e9",
+    "SELECT count(*), sum(v) FROM t WHERE id = 3",
+    "SELECT count(*), min(v) FROM t WHERE id IN (1, 2, 3)",
+    "SELECT sum(10 / (id + 1)) AS s FROM t",
+]
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["w2", "w3"])
+def pair(request: pytest.FixtureRequest) -> Iterator[tuple[Any, Any]]:
+    with open_pair(DDL, DATA, request.param) as both:
+        yield both
+
+
+@pytest.mark.parametrize("sql", SWALLOWED + HEALTHY)
+def test_global_aggregates_answer_like_one_instance(pair: tuple[Any, Any], sql: str) -> None:
+    check(pair, sql)
+
+
+def test_swallowed_error_cases_are_two_phase_plans(pair: tuple[Any, Any]) -> None:
+    """The cases above exercise the rule, not the gather path."""
+    _, cluster = pair
+    catalog: Catalog = cluster._catalog
+    for sql in SWALLOWED[:3]:
+        plan = split.plan(sql, catalog)
+        assert plan is not None and plan.rule is split.Rule.TWO_PHASE and plan.one_row_each, sql
