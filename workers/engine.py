@@ -19,12 +19,15 @@ so that subscribers neither lose nor see twice a result across a rebuild.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import laminardb_native as native
 import pyarrow as pa
+
+from laminardb.wire import protocol
 
 if TYPE_CHECKING:
     from workers.streams import StreamPump
@@ -33,6 +36,10 @@ log = logging.getLogger("laminardb.worker")
 
 # Batches a source may take before it is compacted or consumed (the engine hangs at 2048).
 COMPACT_AFTER = 1500
+
+# What in a query can fail while it runs: division, modulo, casts, and functions that fail
+# on some values (`abs` of the smallest integer). A false match costs one query more.
+_MAY_FAIL = re.compile(r"[/%]|\b(?:CAST|ABS|TO_TIMESTAMP\w*|ARROW_CAST)\b", re.IGNORECASE)
 
 
 @dataclass
@@ -156,6 +163,34 @@ class Engine:
 
     def query(self, sql: str) -> pa.Table:
         return self.conn.sql(sql).to_arrow()
+
+    def query_checked(self, sql: str) -> pa.Table:
+        """`query`, with an empty answer that hides a swallowed run-time error marked so.
+
+        The engine answers a query that fails while it runs (an integer division by zero, a
+        failed cast) with what it had, often nothing, instead of an error. One native
+        instance reading every row then answers nothing; a worker reading some of them may
+        be the only one to fail, and the others' rows would make a wrong answer. Wrapped in
+        `count(*)` the query fails again and gives no row at all, where an empty answer of
+        a healthy query counts 0 (one row). Only empty answers of SQL that can fail this way
+        pay for the second query."""
+        table = self.query(sql)
+        if table.num_rows or not _MAY_FAIL.search(sql):
+            return table
+        # every column counted: the optimizer would drop a column nobody reads, and the
+        # expression that fails with it
+        counts = ", ".join(
+            f'count("{name.replace(chr(34), chr(34) * 2)}")' for name in table.schema.names
+        )
+        try:
+            check = self.query(
+                f"SELECT {counts or 'count(*)'} FROM ({sql.rstrip().rstrip(';')}) AS _q"
+            )
+        except Exception:  # the wrapped form is not plannable: nothing learnt
+            return table
+        if check.num_rows:
+            return table
+        return table.replace_schema_metadata({protocol.SWALLOWED: b"1"})
 
     def rebuild(self) -> None:
         """A fresh, started engine with the same catalog and retained rows (one batch a source)."""

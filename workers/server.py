@@ -157,7 +157,7 @@ class Server:
             _end_files(r.txn, aborted=True)
             return None, None
         if isinstance(r, protocol.Query):
-            return None, arrow_ipc.dumps(engine.query(r.sql))
+            return None, arrow_ipc.dumps(engine.query_checked(r.sql))
         if isinstance(r, protocol.BroadcastQuery):
             from workers import broadcast  # small relations shipped for one query
 

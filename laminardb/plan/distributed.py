@@ -381,7 +381,11 @@ class ClusterFetch:
         from laminardb.wire import arrow_ipc, protocol
 
         replies = self.cluster.broadcast(lambda rid: protocol.Query(rid, sql), shards)
-        return [arrow_ipc.loads(r.data.buffer) for r in replies]
+        tables = [arrow_ipc.loads(r.data.buffer) for r in replies]
+        if any(protocol.SWALLOWED in (t.schema.metadata or {}) for t in tables):
+            # Native, reading every row, answers such a query as its engine does: gather.
+            raise Fallback("a worker's engine swallowed a run-time error")
+        return tables
 
 
 def cluster_fetch(cluster: Any) -> Fetch:

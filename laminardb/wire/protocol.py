@@ -36,8 +36,14 @@ class Execute(msgspec.Struct, tag=True):
     name: str | None = None
 
 
+SWALLOWED = b"laminardb.swallowed"
+"""Schema metadata key of an empty Query answer whose emptiness is a run-time error the
+engine swallowed (a division by zero): the worker checked (see `workers.engine`)."""
+
+
 class Query(msgspec.Struct, tag=True):
-    """Run a SELECT; the reply carries the result as one Arrow IPC stream frame."""
+    """Run a SELECT; the reply carries the result as one Arrow IPC stream frame (empty and
+    marked `SWALLOWED` when the engine swallowed a run-time error)."""
 
     rid: int
     sql: str
