@@ -37,6 +37,18 @@ log = logging.getLogger("laminardb.worker")
 # Batches a source may take before it is compacted or consumed (the engine hangs at 2048).
 COMPACT_AFTER = 1500
 
+KEEP_CHUNKS_MAX = 64
+"""At most this many batches of an insert go to the engine as they are..."""
+KEEP_CHUNKS_ROWS = 65_536
+"""...and only when each has at least this many rows; else they are concatenated first."""
+
+
+def _keep_chunks(batches: list[pa.RecordBatch]) -> bool:
+    return 1 < len(batches) <= KEEP_CHUNKS_MAX and all(
+        b.num_rows >= KEEP_CHUNKS_ROWS for b in batches
+    )
+
+
 # What in a query can fail while it runs: division, modulo, casts, and functions that fail
 # on some values (`abs` of the smallest integer). A false match costs one query more.
 _MAY_FAIL = re.compile(r"[/%]|\b(?:CAST|ABS|TO_TIMESTAMP\w*|ARROW_CAST)\b", re.IGNORECASE)
@@ -109,16 +121,23 @@ class Engine:
             self.started = True
 
     def insert(self, source: str, table: pa.Table) -> int:
-        """Insert `table` as one engine batch (it must already have the source's schema)."""
+        """Insert `table` (it must already have the source's schema): as one engine batch,
+        or as its few large batches as they are (a load's pieces: concatenating them would
+        copy every row once more at the commit)."""
         if table.num_rows == 0:
             return 0
         state = self.sources.get(source)
+        batches = table.to_batches()
+        if state is None or not _keep_chunks(batches):
+            batches = table.combine_chunks().to_batches()
         if state is not None:
-            if state.batches >= COMPACT_AFTER:
+            # every batch of a multi-batch insert takes a place of the engine's 2048
+            if state.batches + len(batches) > COMPACT_AFTER:
                 self._compact(source, state)
-            state.batches += 1
-        batch = table.combine_chunks().to_batches()
-        self.conn.insert(source, batch[0] if len(batch) == 1 else table)
+            state.batches += len(batches)
+        self.conn.insert(
+            source, batches[0] if len(batches) == 1 else pa.Table.from_batches(batches)
+        )
         self.rows_ingested += table.num_rows
         self.batches_ingested += 1
         self.last_insert = time.monotonic()
