@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -44,6 +45,7 @@ from laminardb.cluster.supervisor import Cluster, ClusterOptions
 from laminardb.durability.log import Log, check_durability, is_persistent
 from laminardb.files import copy as files_copy
 from laminardb.files import load as files_load
+from laminardb.files import progress as files_progress
 from laminardb.ingest import convert
 from laminardb.ingest.router import FLUSH_DELAY_S, SPLIT_ROWS
 from laminardb.plan import distributed, gather, statements
@@ -242,10 +244,19 @@ class Connection:
             rows = convert.from_csv(data, self._source_schema(table), table=table)
             return self._accept(table, rows)
 
-    def load(self, table: str, path: str, format: str | None = None, **options: Any) -> int:
+    def load(
+        self,
+        table: str,
+        path: str,
+        format: str | None = None,
+        *,
+        progress: Callable[[str, int, int], None] | None = None,
+        **options: Any,
+    ) -> int:
         """Load files (path, folder or glob) into a source, read in parallel by the workers;
-        all rows or none (laminardb/files). Options: header, delimiter."""
-        with self._lock:
+        all rows or none (laminardb/files). Options: header, delimiter. `progress(phase,
+        done, total)` hears of the input bytes read ("read") and the commit ("commit")."""
+        with self._lock, files_progress.watching(progress):
             self._check()
             return files_load.load(self, table, path, format, options)
 

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -288,9 +288,13 @@ class Cluster:
             raise self._dead(worker, f"cannot reach it ({exc})") from exc
 
     def collect(
-        self, pending: dict[int, int], timeout_s: float | None = None
+        self,
+        pending: dict[int, int],
+        timeout_s: float | None = None,
+        on_reply: Callable[[Response], None] | None = None,
     ) -> dict[int, Response]:
-        """Wait for the replies `pending` (rid -> shard); the first error is raised after all arrive."""
+        """Wait for the replies `pending` (rid -> shard); the first error is raised after all
+        arrive. `on_reply` sees each successful reply as it arrives (a load's progress)."""
         deadline = time.monotonic() + (timeout_s or self.options.request_timeout_s)
         out: dict[int, Response] = {}
         error: Exception | None = None
@@ -308,6 +312,8 @@ class Cluster:
                     continue
                 data = frames[2] if len(frames) > 2 else None
                 out[msg.rid] = Response(shard, msg.value, data)
+                if on_reply is not None:
+                    on_reply(out[msg.rid])
                 continue
             for shard in set(pending.values()):
                 worker = self.workers[shard]

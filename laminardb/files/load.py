@@ -4,8 +4,8 @@ The coordinator only plans: it lists the files, cuts them into one share per wor
 (`splits.plan`) and runs one transaction. Phase 1 (`ReadFiles`, all workers at once): each
 worker reads and casts its share, stages the rows it owns and writes the rest of a keyed
 source to one shared-memory segment per owner. Phase 2 (`StageSegments`): each owner stages
-the segments meant for it. Phase 3: `Commit` everywhere, each worker inserting its rows as one
-engine batch. Any failure before the commit aborts the transaction on every worker and
+the segments meant for it. Phase 3: `Commit` everywhere, each worker inserting its pieces.
+The input bytes read so far go to the caller's progress watcher (`progress`). Any failure before the commit aborts the transaction on every worker and
 removes every segment of it (they are all named after the transaction), so nothing is half
 loaded and nothing stays in /dev/shm.
 
@@ -33,7 +33,8 @@ from laminardb.api.errors import ConnectionError, LaminarError
 from laminardb.cluster import ddl
 from laminardb.cluster.catalog import Relation
 from laminardb.cluster.recovery import Placement
-from laminardb.files import splits
+from laminardb.cluster.supervisor import Response
+from laminardb.files import progress, splits
 from laminardb.files.options import FileOptions, resolve
 from laminardb.ingest.router import Target
 from laminardb.wire import protocol
@@ -108,6 +109,15 @@ def _load(
     prefix = f"{PREFIX}{os.getpid()}-load{secrets.token_hex(4)}-"
     schema = relation.schema.serialize().to_pybytes()
     began = time.perf_counter()
+    weights = progress.share_bytes(shares)
+    total, done = sum(weights), 0
+    progress.report("read", 0, total)
+
+    def read_one(reply: Response) -> None:
+        nonlocal done
+        done += weights[reply.shard]
+        progress.report("read", done, total)
+
     try:
         pending = {}
         for shard, share in enumerate(shares):
@@ -119,7 +129,7 @@ def _load(
                 )  # fmt: skip
                 cluster.send(shard, request)
                 pending[rid] = shard
-        read = cluster.collect(pending)
+        read = cluster.collect(pending, on_reply=read_one)
         began = _phase("read", txn, began)
         for reply in read.values():
             log.debug("load txn %d: worker %d %s", txn, reply.shard, reply.value.get("timings"))
@@ -146,6 +156,7 @@ def _load(
             began = _phase("log", txn, began)
         committed = cluster.broadcast(lambda rid: protocol.Commit(rid, txn))
         _phase("commit", txn, began)
+        progress.report("commit", total, total)
     except BaseException:
         router._abort(txn, list(range(n)))
         _remove_segments(f"{prefix}x{txn}-")

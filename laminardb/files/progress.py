@@ -1,0 +1,79 @@
+"""Progress of a file load, for whoever watches it (the CLI's progress bar, a `progress=`
+callback): the bytes of input the workers have read, then the commit.
+
+The watcher is set per thread of control (a context variable), so the service can route
+each client's reports to that client while other calls run beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
+
+from laminardb.wire.protocol import FileSplit
+
+Report = Callable[[str, int, int], None]
+"""(phase, bytes done, bytes in all): phase is "read" or "commit"."""
+
+_watcher: ContextVar[Report | None] = ContextVar("laminardb_load_progress", default=None)
+log = logging.getLogger("laminardb.files")
+
+
+@contextlib.contextmanager
+def watching(report: Report | None) -> Iterator[None]:
+    """Send the progress of loads run inside this block to `report` (None: to nobody new)."""
+    if report is None:
+        yield
+        return
+    token = _watcher.set(report)
+    try:
+        yield
+    finally:
+        _watcher.reset(token)
+
+
+def report(phase: str, done: int, total: int) -> None:
+    """Tell the watcher, if any; a failing watcher never fails the load."""
+    watcher = _watcher.get()
+    if watcher is None:
+        return
+    try:
+        watcher(phase, done, total)
+    except Exception as exc:
+        log.warning("load progress watcher failed: %s", exc)
+
+
+def share_bytes(shares: Sequence[Sequence[FileSplit]]) -> list[int]:
+    """Input bytes of each worker's share: a byte range's length, a whole file's size, a
+    Parquet file's size split evenly over the row groups the shares hold."""
+    groups: dict[str, int] = {}
+    for share in shares:
+        for split in share:
+            if split.row_groups:
+                groups[split.path] = groups.get(split.path, 0) + len(split.row_groups)
+    sizes: dict[str, int] = {}
+
+    def size(path: str) -> int:
+        if path not in sizes:
+            sizes[path] = os.path.getsize(path)
+        return sizes[path]
+
+    counted: dict[str, int] = {}  # row groups of each file already given a part of its size
+    out = []
+    for share in shares:
+        total = 0
+        for split in share:
+            if split.row_groups:
+                before = counted.get(split.path, 0)
+                counted[split.path] = after = before + len(split.row_groups)
+                whole, of = size(split.path), groups[split.path]
+                total += whole * after // of - whole * before // of  # parts sum to the size
+            elif split.end > split.start >= 0:
+                total += split.end - split.start
+            else:
+                total += size(split.path) - max(0, split.start)
+        out.append(total)
+    return out
