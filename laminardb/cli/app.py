@@ -318,7 +318,8 @@ def _run(conn: Any, statement: str, max_rows: int, fmt: str) -> bool:
     from laminardb.api.errors import LaminarError
 
     try:
-        result = conn.execute(statement)
+        with render.LoadProgress(err) as watch, conn.watching(watch):
+            result = conn.execute(statement)
     except (LaminarError, TypeError, ValueError) as exc:
         err.print(f"[red]{type(exc).__name__}: {exc}[/red]")
         return False

@@ -1,4 +1,5 @@
-"""Rich renderings for the CLI: result tables and the cluster status (pure functions)."""
+"""Rich renderings for the CLI: result tables and the cluster status (pure functions), and
+the progress bar of a long file load."""
 
 from __future__ import annotations
 
@@ -6,6 +7,15 @@ import datetime
 from typing import Any
 
 import pyarrow as pa
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 MIN_WATERMARK = -(2**63)
@@ -102,3 +112,39 @@ def status_tables(status: dict[str, Any]) -> tuple[Table, Table]:
     for name, value in rows:
         cluster.add_row(name, value)
     return cluster, per
+
+
+class LoadProgress:
+    """A progress bar for a file load (`COPY ... FROM`), shown from its first report on:
+    input bytes read by the workers, then the commit. Statements that load nothing never
+    show it. Use as a context manager; the instance is the `progress` callback."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
+        self.reports = 0
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        self.reports += 1
+        if self.bar is None:
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("reading", total=max(total, 1))
+        assert self.task is not None
+        label = "committing" if phase == "commit" else "reading"
+        self.bar.update(self.task, completed=done, total=max(total, 1), description=label)
+
+    def __enter__(self) -> LoadProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()

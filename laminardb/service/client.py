@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 import secrets
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -51,6 +52,8 @@ if TYPE_CHECKING:  # the subscription classes load on first use (they pull in th
         StreamSubscription,
         Subscription,
     )
+
+log = logging.getLogger("laminardb.service")
 
 CONNECT_TIMEOUT_S = 10.0
 WAIT_SLICE_MS = 250
@@ -252,6 +255,7 @@ class RemoteConnection:
         self._shutdown = False
         self._schemas: dict[str, pa.Schema] = {}
         self._receivers: list[_Receiver] = []
+        self._watchers = threading.local()  # per thread: the progress watcher of its calls
         self._finalizer = weakref.finalize(self, _finalize, self._ctx, self._link, self._receivers)
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -297,6 +301,12 @@ class RemoteConnection:
                 raise from_wire(reply.kind, reply.message, reply.code, reply.shard)
             if isinstance(reply, p.Reply):
                 return reply.value
+            watcher = getattr(self._watchers, "progress", None)
+            if isinstance(reply, p.Progress) and watcher is not None:
+                try:
+                    watcher(reply.phase, reply.done, reply.total)
+                except Exception as exc:  # a failing watcher never fails the call
+                    log.warning("progress watcher failed: %s", exc)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -364,10 +374,31 @@ class RemoteConnection:
             count: int = self._call("insert", table, data=rows)
             return count
 
-    def load(self, table: str, path: str, format: str | None = None, **options: Any) -> int:
-        """Load files into a source; `path` is read by the service (made absolute here)."""
-        count: int = self._call("load", table, os.path.abspath(path), format, kwargs=options)
+    def load(
+        self,
+        table: str,
+        path: str,
+        format: str | None = None,
+        *,
+        progress: Callable[[str, int, int], None] | None = None,
+        **options: Any,
+    ) -> int:
+        """Load files into a source; `path` is read by the service (made absolute here);
+        `progress` as for `Connection.load`."""
+        with self.watching(progress):
+            count: int = self._call("load", table, os.path.abspath(path), format, kwargs=options)
         return count
+
+    @contextlib.contextmanager
+    def watching(self, progress: Callable[[str, int, int], None] | None) -> Iterator[None]:
+        """Hear the progress reports of the loads this thread runs in the block, `COPY ...
+        FROM` statements included (the CLI's progress bar)."""
+        previous = getattr(self._watchers, "progress", None)
+        self._watchers.progress = progress
+        try:
+            yield
+        finally:
+            self._watchers.progress = previous
 
     insert_json = _remote("insert_json")
     insert_csv = _remote("insert_csv")

@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 import pyarrow as pa
 
-VERSION = 1
+VERSION = 2
 MAX_HEADER_BYTES = 1 << 20
 """A header above this size is refused (the data itself travels in frames or shared memory)."""
 MAX_FRAMES = 64
@@ -121,7 +121,17 @@ class End(msgspec.Struct, tag="end"):
     rid: int
 
 
-Response = Welcome | Reply | Fail | Batch | End
+class Progress(msgspec.Struct, tag="progress"):
+    """How far call `rid` (a file load) has got: input bytes `done` of `total` in `phase`
+    ("read", then "commit"); sent before its `Reply`."""
+
+    rid: int
+    phase: str
+    done: int
+    total: int
+
+
+Response = Welcome | Reply | Fail | Batch | End | Progress
 
 _request_decoder = msgspec.msgpack.Decoder(Request)
 _response_decoder = msgspec.msgpack.Decoder(Response)

@@ -29,6 +29,7 @@ import psutil
 import zmq
 
 from laminardb.api.errors import LaminarError, to_wire
+from laminardb.files import progress as files_progress
 from laminardb.service import auth, shm
 from laminardb.service import protocol as p
 
@@ -262,7 +263,12 @@ class Service:
             args = list(call.args)
             if call.segment is not None:
                 args.append(shm.take(call.segment, call.segment_size))
-            value = self._invoke(call.method, args, call.kwargs)
+
+            def told(phase: str, done: int, total: int) -> None:
+                self._push(identity, p.Progress(call.rid, phase, done, total))
+
+            with files_progress.watching(told):
+                value = self._invoke(call.method, args, call.kwargs)
         except Exception as exc:
             self._fail(identity, call.rid, exc)
             return

@@ -4,10 +4,12 @@ answers equal to one native instance, data through /dev/shm, native error classe
 from __future__ import annotations
 
 import inspect
+import re
 import subprocess
 import sys
 import textwrap
 import time
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -155,3 +157,53 @@ async def test_async_and_callback_subscriptions(service: tuple[Cli, str]) -> Non
         sub.cancel()
         snapshot = [r.num_rows for r in db.subscribe("SELECT * FROM ev")]
         assert sum(snapshot) == 3
+
+
+def test_remote_load_reports_progress(service: tuple[Cli, str], tmp_path: Any) -> None:
+    import pyarrow.csv as pacsv
+
+    _, uri = service
+    path = tmp_path / "rows.csv"
+    pacsv.write_csv(pa.Table.from_pylist(ROWS), str(path))
+    seen: list[tuple[str, int, int]] = []
+    with laminardb.connect(uri) as db:
+        db.execute("CREATE SOURCE loaded (ts BIGINT, device VARCHAR, value DOUBLE)")
+        assert db.load("loaded", str(path), progress=lambda *r: seen.append(r)) == len(ROWS)
+        size = path.stat().st_size
+        assert seen[0] == ("read", 0, size) and seen[-1] == ("commit", size, size)
+        with db.watching(lambda *r: seen.append(r)):
+            seen.clear()
+            db.execute(f"COPY loaded FROM '{path}'")
+        assert seen[-1] == ("commit", size, size)
+        db.sql("SELECT 1")  # a call that loads nothing reports nothing
+        assert seen[-1] == ("commit", size, size)
+        n = db.sql("SELECT count(*) AS n FROM loaded").to_arrow().column("n").to_pylist()
+        assert n == [2 * len(ROWS)]
+
+
+def test_cli_copy_from_shows_a_progress_bar(service: tuple[Cli, str], tmp_path: Any) -> None:
+    import os
+
+    import pyarrow.csv as pacsv
+    from service_support import cli_command
+
+    cli, _ = service
+    path = tmp_path / "bar.csv"
+    pacsv.write_csv(pa.Table.from_pylist(ROWS), str(path))
+    made = cli.run("sql", "CREATE SOURCE barred (ts BIGINT, device VARCHAR, value DOUBLE)")
+    assert made.returncode == 0, made.stderr
+    env = {**os.environ, "LAMINARDB_RUNTIME_DIR": cli.state_dir, "TTY_COMPATIBLE": "1"}
+    env.pop("LAMINARDB_SECRET_FILE", None)
+    done = subprocess.run(
+        [*cli_command(), "sql", f"COPY barred FROM '{path}'"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", done.stderr)  # the terminal's control codes
+    assert "reading" in plain or "committing" in plain, plain
+    assert "kB" in plain  # the bar counts the input bytes
+    assert f"{len(ROWS)} row(s) affected" in plain
