@@ -135,20 +135,14 @@ def write_query(r: protocol.WriteQuery, table: pa.Table) -> int:
     return write_table(table, r.path, opts)
 
 
-def by_owner(
-    table: pa.Table, keys: list[str], workers: int, clock: _Clock | None = None
-) -> list[pa.Table]:
+def by_owner(table: pa.Table, keys: list[str], workers: int) -> list[pa.Table]:
     """`table` cut by owning worker, exactly as `partition.split` cuts it (same owners, input
     order kept inside a part), but with one sort and one take instead of a take per worker
     over many chunks: the parts are slices of one reordered table."""
     owners = partition.vshards(table, keys) % np.uint16(workers)
-    if clock is not None:
-        clock.lap("hash")
     order = np.argsort(owners, kind="stable")
     counts = np.bincount(owners, minlength=workers)
     ordered = table.take(pa.array(order))
-    if clock is not None:
-        clock.lap("reorder")
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     return [ordered.slice(int(s), int(c)) for s, c in zip(starts, counts, strict=True)]
 
