@@ -22,7 +22,7 @@ from typing import Any
 import laminardb_native as native
 import pyarrow as pa
 import pytest
-from test_merged_streams import canon, restart_worker
+from test_merged_streams import canon, native_batches, restart_worker
 
 import laminardb
 from laminardb.cluster.catalog import Catalog, Relation
@@ -76,14 +76,9 @@ def arrow(rows: list[Row]) -> pa.Table:
 def native_last(sub: Any, quiet_ms: int = 1200) -> Counter[Row]:
     """Native's last emission: batches until it stays quiet for `quiet_ms`."""
     last: list[Row] = []
-    while True:
-        try:
-            batch = sub.next_timeout(quiet_ms)
-        except native.SubscriptionError:
-            return canon(last)
-        if batch is None:
-            return canon(last)
-        last = batch.fetchall()
+    for last in native_batches(sub, quiet_ms):  # noqa: B007 - the last one is wanted
+        pass
+    return canon(last)
 
 
 def our_emissions(sub: Any, want: Counter[Row], timeout_s: float = 30.0) -> list[list[Row]]:

@@ -108,17 +108,22 @@ def canon(rows: list[Row]) -> Counter[Row]:
     return Counter(tuple(round(v, 9) if isinstance(v, float) else v for v in row) for row in rows)
 
 
-def read_native(sub: Any, quiet_ms: int = 1500) -> list[Row]:
-    """Everything a native subscription delivers until it stays quiet for `quiet_ms`."""
-    rows: list[Row] = []
+def native_batches(sub: Any, quiet_ms: int) -> Iterator[list[Row]]:
+    """The rows of each batch a native subscription delivers until it stays quiet for
+    `quiet_ms` (or fails)."""
     while True:
         try:
             batch = sub.next_timeout(quiet_ms)
         except native.SubscriptionError:
-            return rows
+            return
         if batch is None:
-            return rows
-        rows.extend(batch.fetchall())
+            return
+        yield batch.fetchall()
+
+
+def read_native(sub: Any, quiet_ms: int = 1500) -> list[Row]:
+    """Everything a native subscription delivers until it stays quiet for `quiet_ms`."""
+    return [row for rows in native_batches(sub, quiet_ms) for row in rows]
 
 
 def read_until(sub: Any, want: Counter[Row], timeout_s: float = 30.0) -> Counter[Row]:

@@ -18,6 +18,7 @@ from typing import Any
 import laminardb_native as native
 import pyarrow as pa
 import pytest
+from test_merged_streams import canon, read_native
 
 import laminardb
 from workers.streams import quiesce
@@ -70,22 +71,6 @@ def arrow(data: list[Row]) -> pa.Table:
     )
 
 
-def canon(data: list[Row]) -> Counter[Row]:
-    return Counter(tuple(round(v, 9) if isinstance(v, float) else v for v in r) for r in data)
-
-
-def drain_native(sub: Any, quiet_ms: int = 250) -> list[Row]:
-    out: list[Row] = []
-    while True:
-        try:
-            batch = sub.next_timeout(quiet_ms)
-        except native.SubscriptionError:
-            return out
-        if batch is None:
-            return out
-        out.extend(batch.fetchall())
-
-
 def read_until(sub: Any, want: Counter[Row], timeout_s: float = 15.0) -> Counter[Row]:
     got: list[Row] = []
     deadline = time.monotonic() + timeout_s
@@ -121,7 +106,7 @@ def native_steps(script: list[Step]) -> tuple[dict[str, list[Counter[Row]]], tup
                 writer.watermark(payload)
             quiesce(conn, last)
             for name, sub in subs.items():
-                out[name].append(canon(drain_native(sub)))
+                out[name].append(canon(read_native(sub, quiet_ms=250)))
         count = conn.sql("SELECT count(*) FROM ev").fetchall()[0][0]
         return out, (int(count), int(conn.pipeline_watermark))
     finally:
