@@ -22,9 +22,18 @@ _watcher: ContextVar[Report | None] = ContextVar("laminardb_load_progress", defa
 log = logging.getLogger("laminardb.files")
 
 
+def check(report: object) -> None:
+    """A `TypeError` for a watcher that cannot be called (found before the load starts)."""
+    if report is not None and not callable(report):
+        raise TypeError(
+            f"progress must be a callable (phase, done, total) or None, not {type(report).__name__}"
+        )
+
+
 @contextlib.contextmanager
 def watching(report: Report | None) -> Iterator[None]:
     """Send the progress of loads run inside this block to `report` (None: to nobody new)."""
+    check(report)
     if report is None:
         yield
         return

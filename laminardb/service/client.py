@@ -39,6 +39,7 @@ from laminardb.api.errors import (
 )
 from laminardb.api.results import QueryResult
 from laminardb.api.writer import WriterBase, timestamp_arg
+from laminardb.files import progress as files_progress
 from laminardb.service import auth, runtime, shm
 from laminardb.service import protocol as p
 from laminardb.service.server import boot_id
@@ -393,6 +394,7 @@ class RemoteConnection:
     def watching(self, progress: Callable[[str, int, int], None] | None) -> Iterator[None]:
         """Hear the progress reports of the loads this thread runs in the block, `COPY ...
         FROM` statements included (the CLI's progress bar)."""
+        files_progress.check(progress)
         previous = getattr(self._watchers, "progress", None)
         self._watchers.progress = progress
         try:

@@ -54,6 +54,17 @@ def test_a_failing_watcher_does_not_fail_the_load(cluster: Any, tmp_path: Path) 
     assert cluster.sql(f"SELECT count(*) AS n FROM {name}").to_arrow()["n"].to_pylist() == [1200]
 
 
+def test_a_watcher_that_is_not_callable_is_refused_before_loading(
+    cluster: Any, tmp_path: Path
+) -> None:
+    pattern, _ = _files(tmp_path, "csv")
+    name = fresh("pg")
+    cluster.execute(f"CREATE SOURCE {name} ({COLUMNS})")
+    with pytest.raises(TypeError, match="progress must be a callable"):
+        cluster.load(name, pattern, progress=5)
+    assert cluster.sql(f"SELECT count(*) AS n FROM {name}").to_arrow()["n"].to_pylist() == [0]
+
+
 def test_share_bytes_counts_ranges_whole_files_and_row_groups(tmp_path: Path) -> None:
     whole = tmp_path / "a.csv"
     whole.write_bytes(b"x" * 100)
