@@ -95,8 +95,38 @@ class WorkerHandle:
         return f"worker {self.shard} (pid {self.pid})"
 
 
+_READS = (
+    protocol.Query,
+    protocol.BroadcastQuery,
+    protocol.WriteQuery,
+    protocol.Subscribe,
+    protocol.Unsubscribe,
+)
+_READ_CALLS = frozenset(
+    {
+        *("schema", "sources", "streams", "sinks", "list_tables", "list_streams", "list_sinks"),
+        *("tables", "materialized_views", "metrics", "source_metrics", "stream_metrics"),
+        *("all_source_metrics", "all_stream_metrics", "pipeline_watermark", "topology"),
+        *("show", "stats"),
+    }
+)
+"""Requests (and `Call` methods, workers/introspect.py) that never change what a worker's
+relations hold; every other one (inserts, loads, DDL, watermarks) moves `Cluster.epoch` on."""
+
+
+def _changes_data(request: protocol.Request) -> bool:
+    if isinstance(request, protocol.Call):
+        return request.method not in _READ_CALLS
+    return not isinstance(request, _READS)
+
+
 class Cluster:
-    """The worker pool and the request channel to it. Not thread-safe: callers hold `lock`."""
+    """The worker pool and the request channel to it. Not thread-safe: callers hold `lock`.
+
+    `epoch` changes whenever the workers' data may have (a request that is not a read was
+    sent, or a worker was restarted): what was read at one epoch is still true while it
+    stays the same (a broadcast join's small side, row counts).
+    """
 
     def __init__(self, options: ClusterOptions):
         self.options = options
@@ -105,6 +135,7 @@ class Cluster:
         self._rids = itertools.count(1)
         self._txns = itertools.count(1)
         self.workers: list[WorkerHandle] = []
+        self.epoch = 0
         sweep_stale()
         sweep_stale_dirs()
         self._dir = tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-")
@@ -217,6 +248,7 @@ class Cluster:
         finally:
             worker.arena.unlink()
         self.restarts[shard] += 1
+        self.epoch += 1
         log.warning("%s restarted (replacing pid %d)", worker.describe(), old.pid)
         return worker
 
@@ -278,6 +310,8 @@ class Cluster:
     def send(self, shard: int, request: protocol.Request, data: Any = None) -> None:
         """Queue one request to a worker (the reply is collected by `collect`)."""
         self._check_open()
+        if _changes_data(request):
+            self.epoch += 1
         worker = self.workers[shard]
         frames = [worker.identity, protocol.encode(request)]
         if data is not None:

@@ -5,12 +5,13 @@ applies, before the gather path. Steps, each of which hands the query back to th
 path (returns None / raises `Fallback`) on any surprise:
 
 1. Count the rows of every relation a candidate reads: one `count(*)` query per worker
-   (answered from the engine's statistics), plus one on the home worker of each table.
+   (answered from the engine's statistics), plus one on the home worker of each table;
+   reused while nothing is written (`Cluster.epoch`).
 2. `broadcast.choose` the candidate with the biggest big side whose small relations are
    small enough; probe the query over empty relations in a native engine (the single
    instance's verdict and the answer's schema), as every rule does.
 3. Fetch each small relation once (only the columns the query names) and serialise it
-   once as Arrow IPC; copy it into every asked worker's shared-memory arena (the path
+   once as Arrow IPC (kept while nothing is written); copy it into every asked worker's shared-memory arena (the path
    inserts take) and send `BroadcastQuery`: the worker creates its private temporary
    sources, runs the worker SQL and drops them (workers/broadcast.py).
 4. Concatenate the workers' rows and merge (ORDER BY / LIMIT / DISTINCT, or split's
@@ -22,7 +23,7 @@ The caller holds the cluster lock (as for every query), so the arenas are free.
 from __future__ import annotations
 
 import threading
-import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -78,31 +79,60 @@ def threshold(fetch: Fetch) -> int:
     return broadcast.BROADCAST_ROWS if value is None else int(value)
 
 
-COUNT_TTL_S = 1.0
-"""Row counts are reused this long (a dashboard repeating a query skips the count round
-trip). They only choose the plan: a stale count never changes an answer, and a small
-relation that has grown past the threshold is caught when it is fetched (`prepare`)."""
+class _Memo:
+    """What one cluster's workers held at `epoch` (`Cluster.epoch`): row counts and the
+    shipped form of small relations. Both stay true until the epoch moves on (any insert,
+    load, DDL or restart), so a repeated join skips the count and the fetch round trips."""
 
-_counts_lock = threading.Lock()
-_counts: dict[tuple[int, str, str], tuple[float, int]] = {}
+    SHIPMENTS = 16
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+        self.counts: dict[tuple[str, str], int] = {}
+        self.shipped: dict[tuple[str, ...], pa.Buffer] = {}
+
+    def keep(self, key: tuple[str, ...], data: pa.Buffer) -> None:
+        while len(self.shipped) >= self.SHIPMENTS:
+            del self.shipped[next(iter(self.shipped))]
+        self.shipped[key] = data
+
+
+_memo_lock = threading.Lock()
+_memos: weakref.WeakKeyDictionary[Any, _Memo] = weakref.WeakKeyDictionary()
+
+
+def _memo(fetch: Fetch) -> _Memo | None:
+    """The memo of `fetch`'s cluster at its current epoch (None: no cluster, nothing kept)."""
+    cluster = getattr(fetch, "cluster", None)
+    epoch = getattr(cluster, "epoch", None)
+    if cluster is None or epoch is None:
+        return None
+    with _memo_lock:
+        memo = _memos.get(cluster)
+        if memo is None or memo.epoch != epoch:
+            memo = _memos[cluster] = _Memo(epoch)
+    return memo
+
+
+def _current(memo: _Memo, fetch: Fetch) -> bool:
+    """Whether nothing was written since `memo` was taken (what was read meanwhile holds)."""
+    return memo.epoch == getattr(getattr(fetch, "cluster", None), "epoch", None)
+
+
+def _definition(relation: Relation) -> str:
+    return f"{relation.create_sql}\n{relation.schema}"
 
 
 def cached_counts(relations: Sequence[Relation], fetch: Fetch) -> dict[str, int]:
-    """`count_rows`, from counts taken less than `COUNT_TTL_S` ago when all are known
-    (per cluster, relation name and definition)."""
-    now = time.monotonic()
-    owner = id(getattr(fetch, "cluster", fetch))  # one connection's counts are not another's
-    keys = [(owner, r.name, r.create_sql + r.schema.to_string()) for r in relations]
-    with _counts_lock:
-        hits = [_counts.get(k) for k in keys]
-    if all(h is not None and now - h[0] < COUNT_TTL_S for h in hits):
-        return {r.name: h[1] for r, h in zip(relations, hits, strict=True) if h is not None}
+    """`count_rows`, from the counts taken at the cluster's current epoch when all are known."""
+    memo = _memo(fetch)
+    keys = [(r.name, _definition(r)) for r in relations]
+    if memo is not None and all(k in memo.counts for k in keys):
+        return {r.name: memo.counts[k] for r, k in zip(relations, keys, strict=True)}
     counts = count_rows(relations, fetch)
-    with _counts_lock:
-        if len(_counts) > 4096:
-            _counts.clear()
+    if memo is not None and _current(memo, fetch):
         for r, k in zip(relations, keys, strict=True):
-            _counts[k] = (now, counts[r.name])
+            memo.counts[k] = counts[r.name]
     return counts
 
 
@@ -188,25 +218,37 @@ def _private(worker_sql: str, plan: BroadcastPlan) -> str:
 def prepare(plan: BroadcastPlan, catalog: Catalog, fetch: Fetch) -> Shipment:
     """Each small relation's shipped columns, fetched once and serialised as Arrow IPC,
     typed as its temporary source declares them (the relation's types, nullable); Fallback
-    when one holds more than `BROADCAST_ROWS` rows (at most that many more are fetched)."""
+    when one holds more than `BROADCAST_ROWS` rows (at most that many more are fetched).
+    Reused while the cluster's epoch stays the same (nothing was written since)."""
+    memo = _memo(fetch)
     out: Shipment = []
     for small in plan.small:
         relation = _relation(small.name, catalog)
-        columns = ", ".join(quote(c) for c in small.columns)
-        shards = None if relation.home is None else [relation.home]
         limit = threshold(fetch)
-        parts = list(fetch(f"SELECT {columns} FROM {relation.name} LIMIT {limit + 1}", shards))
-        if sum(p.num_rows for p in parts) > limit:  # grown since it was counted
-            raise Fallback(f"{small.name} holds more than {limit} rows")
-        schema = pa.schema([pa.field(c, relation.schema.field(c).type) for c in small.columns])
-        for part in parts:
-            if part.schema.types != schema.types:
-                raise Fallback(f"{small.name} came back as {part.schema.types}")
-        table = pa.concat_tables(
-            [pa.Table.from_arrays(p.columns, schema=schema) for p in parts]
-        ).combine_chunks()
-        out.append((small, arrow_ipc.dumps(table)))
+        key = (relation.name, _definition(relation), str(limit), *small.columns)
+        data = None if memo is None else memo.shipped.get(key)
+        if data is None:
+            data = _fetch_small(relation, small, limit, fetch)
+            if memo is not None and _current(memo, fetch):
+                memo.keep(key, data)
+        out.append((small, data))
     return out
+
+
+def _fetch_small(relation: Relation, small: Small, limit: int, fetch: Fetch) -> pa.Buffer:
+    columns = ", ".join(quote(c) for c in small.columns)
+    shards = None if relation.home is None else [relation.home]
+    parts = list(fetch(f"SELECT {columns} FROM {relation.name} LIMIT {limit + 1}", shards))
+    if sum(p.num_rows for p in parts) > limit:  # grown since it was counted
+        raise Fallback(f"{small.name} holds more than {limit} rows")
+    schema = pa.schema([pa.field(c, relation.schema.field(c).type) for c in small.columns])
+    for part in parts:
+        if part.schema.types != schema.types:
+            raise Fallback(f"{small.name} came back as {part.schema.types}")
+    table = pa.concat_tables(
+        [pa.Table.from_arrays(p.columns, schema=schema) for p in parts]
+    ).combine_chunks()
+    return arrow_ipc.dumps(table)
 
 
 def ship(

@@ -232,3 +232,59 @@ def test_explain_shows_the_broadcast(pair: tuple[Any, Any]) -> None:
     rows = dict(zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=False))
     assert rows["distributed_plan"] == "broadcast, two-phase aggregation over the join"
     assert "JOIN __bc_0" in rows["worker_sql"]
+
+
+def _fetches(cluster: Any, sql: str, monkeypatch: Any) -> list[str]:
+    """The SQL the broadcast plan of `sql` sent through `fetch` (counts, small sides)."""
+    seen: list[str] = []
+    real = distributed.cluster_fetch
+
+    def spying(inner: Any) -> Any:
+        fetch = real(inner)
+
+        def spy(text: str, shards: Any) -> Any:
+            seen.append(text)
+            return fetch(text, shards)
+
+        spy.cluster = fetch.cluster  # type: ignore[attr-defined]
+        return spy
+
+    monkeypatch.setattr(distributed, "cluster_fetch", spying)
+    assert _broadcast(cluster, sql) is not None
+    monkeypatch.setattr(distributed, "cluster_fetch", real)
+    return seen
+
+
+def test_small_sides_are_reused_until_a_write(monkeypatch: Any) -> None:
+    """A repeated join skips the count and the fetch of the small side; any write in
+    between (an insert into either side, DDL, a worker restart) is seen by the next one."""
+    sql = "SELECT r.id, d.name, d.w FROM r JOIN d ON r.g = d.g"
+    with open_pair({k: DDL[k] for k in ("r", "d")}, {k: DATA[k] for k in ("r", "d")}, 2) as pair:
+        single, cluster = pair
+        assert any("FROM d" in s for s in _fetches(cluster, sql, monkeypatch))
+        assert _fetches(cluster, sql, monkeypatch) == []
+        check(pair, sql)
+        more = pa.table(
+            {"g": pa.array([4, 7], pa.int64()), "name": ["four", "seven"], "w": [40, 70]},
+            schema=DATA["d"].schema,
+        )
+        for conn in pair:
+            conn.insert("d", more)
+        check(pair, sql)
+        for conn in pair:
+            conn.insert("r", DATA["r"].slice(0, 20))
+        check(pair, sql)
+        for conn in pair:
+            conn.execute("DROP SOURCE d")
+            conn.execute(DDL["d"][0])
+            conn.insert("d", more)
+        check(pair, sql)
+        assert _fetches(cluster, sql, monkeypatch) == []
+        before = cluster._cluster.epoch
+        cluster.sql(sql).to_arrow()
+        cluster.list_tables()
+        assert cluster._cluster.epoch == before  # reads leave the epoch alone
+        with cluster._cluster.lock:
+            cluster._cluster.restart(1)  # a fresh, empty engine: what was read is stale
+        assert cluster._cluster.epoch > before
+        assert single is not None
