@@ -3,9 +3,9 @@
 The native engine blocks forever on the 2048th insert into a source that nothing consumes,
 and a stream created after `start()` never runs. So a source that has taken many batches is
 compacted before it could fill up: when no stream depends on it, it is dropped and created
-again holding its rows as one batch; when streams read it, the pipeline is started so that
+again holding its rows in one batch per engine thread; when streams read it, the pipeline is started so that
 they consume it. A stream created after the start triggers a rebuild (a fresh engine, the
-DDL replayed, the retained rows re-inserted as one batch per source).
+DDL replayed, the retained rows re-inserted the same way).
 
 Hidden helper streams (an earlier design gave each source a "drain" stream) are avoided on
 purpose: the engine drops the output of every cycle in which not all sources read by some
@@ -18,6 +18,7 @@ so that subscribers neither lose nor see twice a result across a rebuild.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import time
@@ -49,6 +50,29 @@ def _keep_chunks(batches: list[pa.RecordBatch]) -> bool:
     )
 
 
+SPREAD_ROWS = 32_768
+"""A batch is cut into pieces of at least this many rows to give every engine thread one."""
+
+
+def spread(batches: list[pa.RecordBatch], threads: int) -> list[pa.RecordBatch]:
+    """`batches`, each cut (zero-copy) into equal pieces, as many as its share of the rows
+    asks for, so that there are at least `threads` of them where the rows allow it (a cut
+    piece has at least `SPREAD_ROWS` rows).
+
+    The engine scans a source one batch per thread: a worker holding its rows in fewer
+    batches than it has threads leaves cores idle in every query (one batch: one core)."""
+    if threads < 2 or len(batches) >= threads:
+        return batches
+    total = sum(b.num_rows for b in batches)
+    out: list[pa.RecordBatch] = []
+    for batch in batches:
+        n = batch.num_rows
+        pieces = max(1, min(-(-threads * n // max(1, total)), n // SPREAD_ROWS))
+        cuts = [i * n // pieces for i in range(pieces + 1)]
+        out.extend(batch.slice(a, b - a) for a, b in itertools.pairwise(cuts))
+    return out
+
+
 # What in a query can fail while it runs: division, modulo, casts, and functions that fail
 # on some values (`abs` of the smallest integer). A false match costs one query more.
 _MAY_FAIL = re.compile(r"[/%]|\b(?:CAST|ABS|TO_TIMESTAMP\w*|ARROW_CAST)\b", re.IGNORECASE)
@@ -77,6 +101,8 @@ class Engine:
     writers: dict[str, Any] = field(default_factory=dict)
     streams: StreamPump | None = None
     last_insert: float = 0.0
+    threads: int = 1
+    """The engine's threads (this worker's cores): rows are held in at least this many batches."""
 
     def execute(self, sql: str, kind: str, name: str | None) -> dict[str, Any]:
         """Run one statement and keep the DDL log and the source states in step with it."""
@@ -130,6 +156,7 @@ class Engine:
         batches = table.to_batches()
         if state is None or not _keep_chunks(batches):
             batches = table.combine_chunks().to_batches()
+        batches = spread(batches, self.threads)
         if state is not None:
             # every batch of a multi-batch insert takes a place of the engine's 2048
             if state.batches + len(batches) > COMPACT_AFTER:
@@ -144,7 +171,7 @@ class Engine:
         return int(table.num_rows)
 
     def _compact(self, source: str, state: SourceState) -> None:
-        """Keep `source` from filling up: one batch again, or consumed by its streams."""
+        """Keep `source` from filling up: a batch per thread again, or consumed by its streams."""
         retained = self.conn.sql(f"SELECT * FROM {source}").to_arrow()
         try:
             self.conn.execute(f"DROP SOURCE {source}")
@@ -160,9 +187,16 @@ class Engine:
         self.writers.pop(source, None)
         state.batches = 0
         if retained.num_rows:
-            self.conn.insert(source, retained.combine_chunks().to_batches()[0])
-            state.batches = 1
-        log.info("source %s compacted to one batch of %d rows", source, retained.num_rows)
+            state.batches = self._insert_whole(self.conn, source, retained)
+        log.info(
+            "source %s compacted to %d batches (%d rows)", source, state.batches, retained.num_rows
+        )
+
+    def _insert_whole(self, conn: Any, source: str, table: pa.Table) -> int:
+        """Insert a source's retained rows again, spread over the threads; returns batches."""
+        batches = spread(table.combine_chunks().to_batches(), self.threads)
+        conn.insert(source, batches[0] if len(batches) == 1 else pa.Table.from_batches(batches))
+        return len(batches)
 
     def watermark(self, source: str, timestamp: int) -> int:
         """Advance the source watermark through a native writer (kept per source).
@@ -212,7 +246,7 @@ class Engine:
         return table.replace_schema_metadata({protocol.SWALLOWED: b"1"})
 
     def rebuild(self) -> None:
-        """A fresh, started engine with the same catalog and retained rows (one batch a source)."""
+        """A fresh, started engine with the same catalog and retained rows (a batch per thread)."""
         from workers import streams
 
         retained = {
@@ -228,8 +262,7 @@ class Engine:
         for name, table in retained.items():
             self.sources[name].batches = 0
             if table.num_rows:
-                fresh.insert(name, table.combine_chunks().to_batches()[0])
-                self.sources[name].batches = 1
+                self.sources[name].batches = self._insert_whole(fresh, name, table)
         if pump is not None:
             # The old engine's last results go out before its consumers stop...
             if self.started:

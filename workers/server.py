@@ -68,7 +68,7 @@ def run(spec: WorkerSpec) -> None:
     _watch_parent(spec.parent_pid)
     from workers.engine import Engine  # loads the native engine only in the worker
 
-    Server(spec, Engine()).serve()
+    Server(spec, Engine(threads=spec.engine_threads or 1)).serve()
     os._exit(0)
 
 

@@ -7,6 +7,8 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from workers import engine as engine_mod
 from workers.engine import Engine
@@ -46,3 +48,48 @@ def test_compaction_counts_every_batch(engine: Any, monkeypatch: Any) -> None:
         assert engine.sources["t"].batches <= 7
     assert len(compactions) >= 4  # 30 batches in all, at most 7 between compactions
     assert engine.query("SELECT count(*) AS n FROM t").column("n").to_pylist() == [60]
+
+
+@given(
+    sizes=st.lists(st.integers(0, 50), min_size=1, max_size=6),
+    threads=st.integers(1, 9),
+    least=st.integers(1, 8),
+)
+def test_spread_cuts_batches_for_every_thread(sizes: list[int], threads: int, least: int) -> None:
+    batches = [pa.record_batch({"a": pa.array(range(n), pa.int64())}) for n in sizes]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine_mod, "SPREAD_ROWS", least)
+        out = engine_mod.spread(batches, threads)
+    assert pa.Table.from_batches(out).equals(pa.Table.from_batches(batches))  # same rows, order
+    if threads < 2 or len(batches) >= threads:
+        assert out == batches
+        return
+    possible = sum(max(1, n // least) for n in sizes)
+    assert len(out) >= min(threads, possible)
+    pieces = iter(out)
+    for batch in batches:  # each batch is whole, or cut in pieces of at least `least` rows
+        mine = [next(pieces)]
+        while sum(p.num_rows for p in mine) < batch.num_rows:
+            mine.append(next(pieces))
+        assert len(mine) == 1 or all(p.num_rows >= least for p in mine)
+
+
+def test_a_worker_holds_a_batch_per_thread(monkeypatch: Any) -> None:
+    """A large insert, a compaction and a rebuild all leave at least one batch per thread."""
+    monkeypatch.setattr(engine_mod, "SPREAD_ROWS", 10)
+    e = Engine(threads=4)
+    try:
+        e.execute("CREATE SOURCE t (a BIGINT)", "CREATE_SOURCE", "t")
+        e.insert("t", _pieces(1, 100))
+        assert e.sources["t"].batches == 4
+        e.insert("t", _pieces(1, 5))  # too small to cut
+        assert e.sources["t"].batches == 5
+        e._compact("t", e.sources["t"])
+        assert e.sources["t"].batches == 4
+        e.rebuild()
+        assert e.sources["t"].batches == 4
+        assert e.query("SELECT count(*) AS n, sum(a) AS s FROM t").to_pylist() == [
+            {"n": 105, "s": sum(range(100)) + sum(range(5))}
+        ]
+    finally:
+        e.close()
