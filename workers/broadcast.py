@@ -50,8 +50,9 @@ def run(conn: Any, arena: memoryview, r: protocol.BroadcastQuery) -> pa.Table:
             if table.num_rows:
                 batches = table.combine_chunks().to_batches()
                 conn.insert(rel.name, batches[0] if len(batches) == 1 else table)
-        result: pa.Table = conn.sql(r.sql).to_arrow()
-        return result
+        from workers.engine import checked
+
+        return checked(lambda sql: conn.sql(sql).to_arrow(), r.sql)
     finally:
         for name in reversed(created):
             try:

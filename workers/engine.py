@@ -22,6 +22,7 @@ import itertools
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +77,33 @@ def spread(batches: list[pa.RecordBatch], threads: int) -> list[pa.RecordBatch]:
 # What in a query can fail while it runs: division, modulo, casts, and functions that fail
 # on some values (`abs` of the smallest integer). A false match costs one query more.
 _MAY_FAIL = re.compile(r"[/%]|\b(?:CAST|ABS|TO_TIMESTAMP\w*|ARROW_CAST)\b", re.IGNORECASE)
+
+
+def checked(query: Callable[[str], pa.Table], sql: str) -> pa.Table:
+    """`query(sql)`, with an empty answer that hides a swallowed run-time error marked so.
+
+    The engine answers a query that fails while it runs (an integer division by zero, a
+    failed cast) with what it had, often nothing, instead of an error. One native
+    instance reading every row then answers nothing; a worker reading some of them may
+    be the only one to fail, and the others' rows would make a wrong answer. Wrapped in
+    `count(*)` the query fails again and gives no row at all, where an empty answer of
+    a healthy query counts 0 (one row). Only empty answers of SQL that can fail this way
+    pay for the second query."""
+    table = query(sql)
+    if table.num_rows or not _MAY_FAIL.search(sql):
+        return table
+    # every column counted: the optimizer would drop a column nobody reads, and the
+    # expression that fails with it
+    counts = ", ".join(
+        f'count("{name.replace(chr(34), chr(34) * 2)}")' for name in table.schema.names
+    )
+    try:
+        check = query(f"SELECT {counts or 'count(*)'} FROM ({sql.rstrip().rstrip(';')}) AS _q")
+    except Exception:  # the wrapped form is not plannable: nothing learnt
+        return table
+    if check.num_rows:
+        return table
+    return table.replace_schema_metadata({protocol.SWALLOWED: b"1"})
 
 
 @dataclass
@@ -218,32 +246,9 @@ class Engine:
         return self.conn.sql(sql).to_arrow()
 
     def query_checked(self, sql: str) -> pa.Table:
-        """`query`, with an empty answer that hides a swallowed run-time error marked so.
-
-        The engine answers a query that fails while it runs (an integer division by zero, a
-        failed cast) with what it had, often nothing, instead of an error. One native
-        instance reading every row then answers nothing; a worker reading some of them may
-        be the only one to fail, and the others' rows would make a wrong answer. Wrapped in
-        `count(*)` the query fails again and gives no row at all, where an empty answer of
-        a healthy query counts 0 (one row). Only empty answers of SQL that can fail this way
-        pay for the second query."""
-        table = self.query(sql)
-        if table.num_rows or not _MAY_FAIL.search(sql):
-            return table
-        # every column counted: the optimizer would drop a column nobody reads, and the
-        # expression that fails with it
-        counts = ", ".join(
-            f'count("{name.replace(chr(34), chr(34) * 2)}")' for name in table.schema.names
-        )
-        try:
-            check = self.query(
-                f"SELECT {counts or 'count(*)'} FROM ({sql.rstrip().rstrip(';')}) AS _q"
-            )
-        except Exception:  # the wrapped form is not plannable: nothing learnt
-            return table
-        if check.num_rows:
-            return table
-        return table.replace_schema_metadata({protocol.SWALLOWED: b"1"})
+        """`query`, with an empty answer that hides a swallowed run-time error marked so
+        (`checked`)."""
+        return checked(self.query, sql)
 
     def rebuild(self) -> None:
         """A fresh, started engine with the same catalog and retained rows (a batch per thread)."""

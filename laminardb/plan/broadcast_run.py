@@ -274,7 +274,10 @@ def ship(
             )
         del view
     replies = cluster.broadcast(lambda rid: protocol.BroadcastQuery(rid, sql, relations), targets)
-    return [arrow_ipc.loads(r.data.buffer) for r in replies]
+    tables = [arrow_ipc.loads(r.data.buffer) for r in replies]
+    if any(protocol.SWALLOWED in (t.schema.metadata or {}) for t in tables):
+        raise Fallback("a worker's engine swallowed a run-time error")  # gathered: as native
+    return tables
 
 
 def _aligned(size: int) -> int:

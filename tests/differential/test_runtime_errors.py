@@ -1,7 +1,8 @@
 """Run-time errors the native engine swallows (an integer division by zero): one native
 instance then answers nothing, and so must the cluster, where only the worker holding the
 failing row fails and the others still answer (a global aggregate: `Plan.one_row_each`;
-anything else: the worker marks its empty answer, `workers.engine.query_checked`)."""
+anything else: the worker marks its empty answer, `workers.engine.checked`, also in a
+broadcast join, and the query is gathered)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ from laminardb.plan import split
 
 pytestmark = pytest.mark.timeout(120)
 
-DDL = {"t": ("CREATE SOURCE t (id BIGINT, g BIGINT, v DOUBLE)", " PARTITION BY (id)")}
+DDL = {
+    "t": ("CREATE SOURCE t (id BIGINT, g BIGINT, v DOUBLE)", " PARTITION BY (id)"),
+    "d": ("CREATE SOURCE d (g BIGINT, k BIGINT)", ""),
+}
 DATA = {
     "t": pa.table(
         {
@@ -25,7 +29,8 @@ DATA = {
             "g": pa.array([i % 4 for i in range(40)], pa.int64()),
             "v": pa.array([i * 0.5 for i in range(40)]),
         }
-    )
+    ),
+    "d": pa.table({"g": pa.array(range(4), pa.int64()), "k": pa.array([5, 6, 7, 8], pa.int64())}),
 }
 
 SWALLOWED = [
@@ -41,6 +46,12 @@ GROUPED = [  # the failing row lives on one worker; the others' groups must not 
     "SELECT g, avg(v) FROM t GROUP BY g HAVING sum(10 / (id - 9)) > 0",
     "SELECT id, 10 / (id - 5) AS x FROM t",  # no aggregate: one batch, native answers nothing
     "SELECT DISTINCT g % (id - 11) AS r FROM t",
+]
+BROADCAST = [  # joins with the small d shipped to every worker (workers/broadcast.py)
+    "SELECT t.id, d.k FROM t JOIN d ON t.g = d.g WHERE 10 / (t.id - 5) > -100",
+    "SELECT t.id, 100 / (t.id - d.k) AS x FROM t JOIN d ON t.g = d.g",
+    "SELECT d.k, count(*) AS n FROM t JOIN d ON t.g = d.g WHERE 10 / (t.id - 7) > -9 GROUP BY d.k",
+    "SELECT t.id, d.k FROM t JOIN d ON t.g = d.g WHERE 10 / (t.id + 1) > 0 ORDER BY t.id LIMIT 5",
 ]
 HEALTHY = [  # one row, also where a worker or every worker has no matching row
     "SELECT count(*) FROM t WHERE v > 1e9",
@@ -58,7 +69,7 @@ def pair(request: pytest.FixtureRequest) -> Iterator[tuple[Any, Any]]:
         yield both
 
 
-@pytest.mark.parametrize("sql", SWALLOWED + GROUPED + HEALTHY)
+@pytest.mark.parametrize("sql", SWALLOWED + GROUPED + BROADCAST + HEALTHY)
 def test_failing_queries_answer_like_one_instance(pair: tuple[Any, Any], sql: str) -> None:
     check(pair, sql)
 
