@@ -19,7 +19,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, TypeVar
 
 import numpy as np
@@ -45,8 +45,11 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 
 
-def read_files(r: protocol.ReadFiles, shard: int, staged: Staged) -> dict[str, Any]:
-    """Read, cast and place the rows of `r.splits`; returns rows read and segments written."""
+def read_files(
+    r: protocol.ReadFiles, shard: int, staged: Staged, read_one: Callable[[int], None] | None = None
+) -> dict[str, Any]:
+    """Read, cast and place the rows of `r.splits`; returns rows read and segments written.
+    `read_one(i)` is told, on this thread, as each split `i` is read (a load's progress)."""
     clock = _Clock()
     schema = pa.ipc.read_schema(pa.py_buffer(r.schema))
     opts = FileOptions(r.format, bool(r.options["header"]), str(r.options["delimiter"]))
@@ -56,7 +59,7 @@ def read_files(r: protocol.ReadFiles, shard: int, staged: Staged) -> dict[str, A
     def read(split: Any) -> pa.Table:
         return read_split(split, opts, schema, r.source, threads)
 
-    tables = [t for t in _map(read, r.splits, cores) if t.num_rows]
+    tables = [t for t in _map(read, r.splits, cores, read_one) if t.num_rows]
     clock.lap("read")
     if not tables:
         return {"rows": 0, "segments": [], "timings": clock.laps}
@@ -160,12 +163,28 @@ def by_owner_parallel(table: pa.Table, keys: list[str], workers: int, cores: int
     return [pa.concat_tables([parts[dest] for parts in cut]) for dest in range(workers)]
 
 
-def _map(fn: Callable[[_T], _R], items: Sequence[_T], cores: int) -> Iterator[_R]:
-    """`map(fn, items)`, in order, on up to `cores` threads when there is more than one item."""
+def _map(
+    fn: Callable[[_T], _R],
+    items: Sequence[_T],
+    cores: int,
+    finished: Callable[[int], None] | None = None,
+) -> Iterator[_R]:
+    """`map(fn, items)`, in order, on up to `cores` threads when there is more than one
+    item; `finished(i)` is called on the calling thread as item `i` is done."""
     if cores < 2 or len(items) < 2:
-        return map(fn, items)
+        out = []
+        for i, item in enumerate(items):
+            out.append(fn(item))
+            if finished is not None:
+                finished(i)
+        return iter(out)
     with ThreadPoolExecutor(min(cores, len(items))) as pool:
-        return iter(list(pool.map(fn, items)))
+        futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
+        for future in as_completed(futures):
+            future.result()  # the first failure is raised at once
+            if finished is not None:
+                finished(futures[future])
+        return iter([f.result() for f in futures])
 
 
 def _write_segment(name: str, table: pa.Table) -> None:

@@ -179,7 +179,12 @@ class Server:
             if isinstance(r, protocol.WriteQuery):
                 return files.write_query(r, engine.query(r.sql)), None
             if isinstance(r, protocol.ReadFiles):
-                return files.read_files(r, self.spec.shard, self.staged), None
+                rid = r.rid
+
+                def read(split: int) -> None:
+                    self.sock.send(protocol.encode(protocol.SplitRead(rid, split)))
+
+                return files.read_files(r, self.spec.shard, self.staged, read), None
             return files.stage_segments(r, self.staged), None
         raise TypeError(f"unknown request {type(r).__name__}")
 

@@ -326,9 +326,11 @@ class Cluster:
         pending: dict[int, int],
         timeout_s: float | None = None,
         on_reply: Callable[[Response], None] | None = None,
+        on_split: Callable[[int, int], None] | None = None,
     ) -> dict[int, Response]:
         """Wait for the replies `pending` (rid -> shard); the first error is raised after all
-        arrive. `on_reply` sees each successful reply as it arrives (a load's progress)."""
+        arrive. `on_reply` sees each successful reply as it arrives, `on_split` each
+        (shard, split) a worker reports read before it replies (a load's progress)."""
         deadline = time.monotonic() + (timeout_s or self.options.request_timeout_s)
         out: dict[int, Response] = {}
         error: Exception | None = None
@@ -337,6 +339,9 @@ class Cluster:
             if self._sock.poll(POLL_MS):
                 frames = self._sock.recv_multipart(copy=False)
                 msg = protocol.decode_reply(frames[1].buffer)
+                if isinstance(msg, protocol.SplitRead) and msg.rid in pending and on_split:
+                    on_split(pending[msg.rid], msg.split)
+                    continue
                 if not isinstance(msg, protocol.Reply) or msg.rid not in pending:
                     continue  # a late reply to a request we already gave up on
                 shard = pending.pop(msg.rid)

@@ -109,14 +109,21 @@ def _load(
     prefix = f"{PREFIX}{os.getpid()}-load{secrets.token_hex(4)}-"
     schema = relation.schema.serialize().to_pybytes()
     began = time.perf_counter()
-    weights = progress.share_bytes(shares)
-    total, done = sum(weights), 0
+    weights = progress.split_bytes(shares)
+    total, done = sum(map(sum, weights)), 0
+    unread = [set(range(len(share))) for share in shares]
     progress.report("read", 0, total)
 
-    def read_one(reply: Response) -> None:
+    def read_split(shard: int, split: int) -> None:
         nonlocal done
-        done += weights[reply.shard]
-        progress.report("read", done, total)
+        if split in unread[shard]:
+            unread[shard].discard(split)
+            done += weights[shard][split]
+            progress.report("read", done, total)
+
+    def read_all(reply: Response) -> None:  # a worker's splits not reported one by one
+        for split in sorted(unread[reply.shard]):
+            read_split(reply.shard, split)
 
     try:
         pending = {}
@@ -129,7 +136,7 @@ def _load(
                 )  # fmt: skip
                 cluster.send(shard, request)
                 pending[rid] = shard
-        read = cluster.collect(pending, on_reply=read_one)
+        read = cluster.collect(pending, on_reply=read_all, on_split=read_split)
         began = _phase("read", txn, began)
         for reply in read.values():
             log.debug("load txn %d: worker %d %s", txn, reply.shard, reply.value.get("timings"))

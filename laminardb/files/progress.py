@@ -55,9 +55,9 @@ def report(phase: str, done: int, total: int) -> None:
         log.warning("load progress watcher failed: %s", exc)
 
 
-def share_bytes(shares: Sequence[Sequence[FileSplit]]) -> list[int]:
-    """Input bytes of each worker's share: a byte range's length, a whole file's size, a
-    Parquet file's size split evenly over the row groups the shares hold."""
+def split_bytes(shares: Sequence[Sequence[FileSplit]]) -> list[list[int]]:
+    """Input bytes of each split of each worker's share: a byte range's length, a whole
+    file's size, a Parquet file's size split evenly over its row groups."""
     groups: dict[str, int] = {}
     for share in shares:
         for split in share:
@@ -73,16 +73,16 @@ def share_bytes(shares: Sequence[Sequence[FileSplit]]) -> list[int]:
     counted: dict[str, int] = {}  # row groups of each file already given a part of its size
     out = []
     for share in shares:
-        total = 0
+        weights = []
         for split in share:
             if split.row_groups:
                 before = counted.get(split.path, 0)
                 counted[split.path] = after = before + len(split.row_groups)
                 whole, of = size(split.path), groups[split.path]
-                total += whole * after // of - whole * before // of  # parts sum to the size
+                weights.append(whole * after // of - whole * before // of)  # sums to the size
             elif split.end > split.start >= 0:
-                total += split.end - split.start
+                weights.append(split.end - split.start)
             else:
-                total += size(split.path) - max(0, split.start)
-        out.append(total)
+                weights.append(size(split.path) - max(0, split.start))
+        out.append(weights)
     return out

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 
 class Hello(msgspec.Struct, tag=True):
@@ -120,6 +120,14 @@ class Reply(msgspec.Struct, tag=True):
     rid: int
     value: Any = None
     error: ErrorInfo | None = None
+
+
+class SplitRead(msgspec.Struct, tag=True):
+    """Sent before the reply to `ReadFiles` request `rid`, once for each of its splits as
+    the worker finishes reading it (`split`: its index in the request): a load's progress."""
+
+    rid: int
+    split: int
 
 
 class PushHello(msgspec.Struct, tag=True):
@@ -229,12 +237,14 @@ Request = (
     | BroadcastQuery
 )
 ToWorker = Request
-FromWorker = Hello | Reply
+FromWorker = Hello | Reply | SplitRead
 DataMessage = PushHello | StreamBatch | StreamFailed
 
 _encoder = msgspec.msgpack.Encoder()
 _to_worker: msgspec.msgpack.Decoder[Request] = msgspec.msgpack.Decoder(ToWorker)
-_from_worker: msgspec.msgpack.Decoder[Hello | Reply] = msgspec.msgpack.Decoder(FromWorker)
+_from_worker: msgspec.msgpack.Decoder[Hello | Reply | SplitRead] = msgspec.msgpack.Decoder(
+    FromWorker
+)
 _data: msgspec.msgpack.Decoder[DataMessage] = msgspec.msgpack.Decoder(DataMessage)
 
 
@@ -246,7 +256,7 @@ def decode_request(data: bytes | memoryview) -> Request:
     return _to_worker.decode(data)
 
 
-def decode_reply(data: bytes | memoryview) -> Hello | Reply:
+def decode_reply(data: bytes | memoryview) -> Hello | Reply | SplitRead:
     return _from_worker.decode(data)
 
 

@@ -1,5 +1,5 @@
-"""A load's progress: input bytes read, reported as each worker finishes its share, then the
-commit; the same through `connect(uri)` and as a bar in `laminardb-cluster sql "COPY ..."`."""
+"""A load's progress: input bytes read, reported as a worker finishes each of its splits,
+then the commit; the same through `connect(uri)` and as a bar in `laminardb-cluster sql "COPY ..."`."""
 
 from __future__ import annotations
 
@@ -39,7 +39,9 @@ def test_reports_climb_to_every_input_byte_then_commit(
     assert seen[0][:2] == ("read", 0) and seen[-1] == ("commit", size, size)
     assert all(total == size for _, _, total in seen)
     done = [d for _, d, _ in seen]
-    assert done == sorted(done) and len(seen) >= 3  # start, at least one worker, commit
+    assert done == sorted(done)
+    steps = [d for phase, d, _ in seen[1:] if phase == "read"]
+    assert len(steps) >= 3 and len(set(steps)) == len(steps)  # a step for each split (files: 3)
 
 
 def test_a_failing_watcher_does_not_fail_the_load(cluster: Any, tmp_path: Path) -> None:
@@ -65,7 +67,7 @@ def test_a_watcher_that_is_not_callable_is_refused_before_loading(
     assert cluster.sql(f"SELECT count(*) AS n FROM {name}").to_arrow()["n"].to_pylist() == [0]
 
 
-def test_share_bytes_counts_ranges_whole_files_and_row_groups(tmp_path: Path) -> None:
+def test_split_bytes_counts_ranges_whole_files_and_row_groups(tmp_path: Path) -> None:
     whole = tmp_path / "a.csv"
     whole.write_bytes(b"x" * 100)
     pq_file = tmp_path / "b.parquet"
@@ -74,4 +76,4 @@ def test_share_bytes_counts_ranges_whole_files_and_row_groups(tmp_path: Path) ->
         [FileSplit(str(whole), 0, 40), FileSplit(str(pq_file), row_groups=[0, 1])],
         [FileSplit(str(whole), 40, -1), FileSplit(str(pq_file), row_groups=[2])],
     ]
-    assert progress.share_bytes(shares) == [40 + 60, 60 + 30]
+    assert progress.split_bytes(shares) == [[40, 60], [60, 30]]
