@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import pyarrow as pa
 
 from laminardb.cluster.catalog import Catalog, Relation, quote
-from laminardb.plan import fastmerge, moments, routing, split
+from laminardb.plan import fastmerge, moments, ranks, routing, split
 from laminardb.plan.split import PARTIALS, Plan, Rule
 
 log = logging.getLogger("laminardb.plan")
@@ -144,11 +144,16 @@ def execute(plan: Plan, catalog: Catalog, fetch: Fetch) -> pa.Table:
     if plan.vshards is not None and shards is not None and len(shards) == 1:
         # Every row the query can read is on this worker: it answers the query as written.
         return _conform(fetch(plan.sql, shards)[0], probe.answer)
+    weight, learnt = ranks.weight_column(plan.fast), _learnt_key(plan, relation)
+    if weight is not None and ranks.is_wide(learnt):
+        raise Fallback(_WIDE)
     fetched = fetch(plan.worker_sql, shards)
     if plan.one_row_each and any(t.num_rows == 0 for t in fetched):
         return probe.answer.empty_table()  # a swallowed run-time error (`Plan.one_row_each`)
     parts = [_conform_partial(t, probe.partials) for t in fetched]
     partials = pa.concat_tables(parts) if parts else probe.partials.empty_table()
+    if weight is not None:
+        ranks.learn(learnt, partials, weight)
     if plan.merge_sql is None and plan.fast is None:
         return _conform(partials, probe.answer)
     merged = _fast(plan, probe, partials)
@@ -159,6 +164,13 @@ def execute(plan: Plan, catalog: Catalog, fetch: Fetch) -> pa.Table:
             partials, probe = _staged(plan.staged, probe, partials)
         merged = _merge(plan.merge_sql, probe, partials)
     return _conform(merged, probe.answer)
+
+
+_WIDE = "MEDIAN / PERCENTILE_CONT over mostly distinct values: gathering is faster (plan/ranks.py)"
+
+
+def _learnt_key(plan: Plan, relation: Relation) -> tuple[object, ...]:
+    return (plan.worker_sql, *_definition(relation))
 
 
 def _staged(staged: moments.Staged, probe: _Probe, partials: pa.Table) -> tuple[pa.Table, _Probe]:
@@ -404,6 +416,8 @@ def refusal(plan: Plan, catalog: Catalog) -> str | None:
         _probe(plan, relation)
     except Fallback as exc:
         return str(exc)
+    if ranks.weight_column(plan.fast) is not None and ranks.is_wide(_learnt_key(plan, relation)):
+        return _WIDE
     return None
 
 

@@ -179,7 +179,8 @@ def _source(grouped: bool, output: tuple[str, ...], i: int) -> str:
 
 def _grouped(spec: Spec, partials: pa.Table) -> pa.Table | None:
     """One row per group: the key columns as they are, each output as `_o<i>` (None when
-    the engine could answer differently: float or NaN values in a distinct count or median)."""
+    the engine could answer differently: float or NaN values in a distinct count, NaN in a
+    median or percentile)."""
     aggregates: list[tuple[Any, ...]] = [
         (o[1], _HASH_FUNCTION[o[0]]) for o in spec.outputs if o[0] in _HASH_FUNCTION
     ]
@@ -190,13 +191,13 @@ def _grouped(spec: Spec, partials: pa.Table) -> pa.Table | None:
         if pa.types.is_floating(partials.schema.field("_d0").type):
             return None  # NaN and -0.0: left to the engine
         aggregates.append(("_d0", "count_distinct", pc.CountOptions(mode="only_valid")))
-    if any(o[0] == "median" for o in spec.outputs):
+    if any(o[0] in ("median", "percentile") for o in spec.outputs):
         typ = partials.schema.field("_d0").type
         if not (pa.types.is_integer(typ) or pa.types.is_floating(typ)):
             return None
         if _has_nan(partials.column("_d0")):
             return None
-    moments = any(o[0] in _MOMENTS or o[0] == "median" for o in spec.outputs)
+    moments = any(o[0] in _MOMENTS or o[0] in ("median", "percentile") for o in spec.outputs)
     if moments:
         partials = partials.append_column("__row", pa.array(np.arange(partials.num_rows)))
         aggregates.append(("__row", "list"))
@@ -230,6 +231,9 @@ def _grouped(spec: Spec, partials: pa.Table) -> pa.Table | None:
             columns[f"_o{i}"] = _moment(kind, out[1:], partials, found[("__row", "list")])
         elif kind == "median":
             columns[f"_o{i}"] = _median(out[1], out[2], partials, found[("__row", "list")])
+        elif kind == "percentile":
+            rows = found[("__row", "list")]
+            columns[f"_o{i}"] = _percentile(out[1], out[2], float(out[3]), partials, rows)
         elif kind == "count_distinct":
             columns[f"_o{i}"] = found[("_d0", "count_distinct")]
         else:
@@ -249,36 +253,93 @@ def _positions(rows: pa.ChunkedArray) -> tuple[int, npt.NDArray[np.int64], npt.N
     return len(lists), np.repeat(np.arange(len(lists), dtype=np.int64), sizes), where
 
 
-def _median(value: str, weight: str, partials: pa.Table, rows: pa.ChunkedArray) -> pa.Array:
-    """MEDIAN per group from per-worker (value, row count) partials, as the engine computes
-    it: NULLs ignored; an even count averages the two middle values, in the value's type
-    (integers add wrapping and divide truncating toward zero)."""
+@dataclass
+class _Ranked:
+    """Each group's values in order with their row counts (NULLs dropped): the k-th value
+    of group g is `values[searchsorted(cumulative, base[g] + k, "right")]`."""
+
+    values: npt.NDArray[Any]
+    cumulative: npt.NDArray[np.int64]
+    base: npt.NDArray[np.int64]
+    total: npt.NDArray[np.int64]
+    type: pa.DataType
+
+    def at(self, k: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
+        """The k[g]-th value of each group g (any value where a group has none)."""
+        if not len(self.values):
+            return np.zeros(len(self.total), self.values.dtype)
+        found = np.searchsorted(self.cumulative, self.base + k, side="right")
+        return self.values[np.minimum(found, len(self.values) - 1)]
+
+
+def _total_order(values: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """Sort keys of `values` in the engine's order: floats as integers that order -0.0
+    before 0.0 (IEEE total order, as the engine compares them), other values as they are."""
+    if values.dtype.kind != "f":
+        return values
+    bits = values.itemsize * 8
+    signed: npt.NDArray[np.signedinteger[Any]] = values.view(np.int64 if bits == 64 else np.int32)
+    magnitude = (1 << (bits - 1)) - 1
+    flipped: npt.NDArray[Any] = signed ^ ((signed >> (bits - 1)) & magnitude)
+    return flipped
+
+
+def _ranked(value: str, weight: str, partials: pa.Table, rows: pa.ChunkedArray) -> _Ranked:
     groups, gid, where = _positions(rows)
     column = partials.column(value).combine_chunks()
-    typ = column.type
     valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), bool)[where]
     counts = np.asarray(pc.fill_null(partials.column(weight), 0).to_numpy(), np.int64)[where]
     values = np.asarray(pc.fill_null(column, 0).to_numpy(zero_copy_only=False))[where]
     gid, counts, values = gid[valid], counts[valid], values[valid]
-    order = np.lexsort((values, gid))
+    by_value = np.argsort(_total_order(values))
+    narrow = gid[by_value].astype(np.uint16) if groups <= 1 << 16 else gid[by_value]
+    order = by_value[np.argsort(narrow, kind="stable")]  # uint16: a radix sort
     gid, counts, values = gid[order], counts[order], values[order]
     total = np.bincount(gid, weights=counts, minlength=groups).astype(np.int64)
-    cumulative = np.cumsum(counts)
     base = np.concatenate([[0], np.cumsum(total)[:-1]]).astype(np.int64)
-    present = total > 0
-    safe = np.where(present, total, 1)
-    low = np.searchsorted(cumulative, base + (safe - 1) // 2, side="right")
-    high = np.searchsorted(cumulative, base + safe // 2, side="right")
-    last = max(len(values) - 1, 0)
-    a = values[np.minimum(low, last)] if len(values) else np.zeros(groups, values.dtype)
-    b = values[np.minimum(high, last)] if len(values) else np.zeros(groups, values.dtype)
-    if pa.types.is_floating(typ):
+    return _Ranked(values, np.cumsum(counts), base, total, column.type)
+
+
+def _median(value: str, weight: str, partials: pa.Table, rows: pa.ChunkedArray) -> pa.Array:
+    """MEDIAN per group from per-worker (value, row count) partials, as the engine computes
+    it: NULLs ignored; an even count averages the two middle values, in the value's type
+    (integers add wrapping and divide truncating toward zero)."""
+    ranked = _ranked(value, weight, partials, rows)
+    present = ranked.total > 0
+    safe = np.where(present, ranked.total, 1)
+    a, b = ranked.at((safe - 1) // 2), ranked.at(safe // 2)
+    if pa.types.is_floating(ranked.type):
         result = (a + b) / 2
     else:
         with np.errstate(over="ignore"):
             added = a + b
         result = added // 2 + ((added < 0) & (added % 2 != 0))
-    return pa.array(result.astype(values.dtype), typ, mask=~present)
+    return pa.array(result.astype(a.dtype), ranked.type, mask=~present)
+
+
+INTERPOLATION_STEPS = 1_000_000
+"""The engine interpolates with the fraction truncated to millionths (DataFusion's
+`percentile_cont`: `lower + (upper - lower) * (floor(fraction * 1e6) / 1e6)`, in f64)."""
+
+
+def _percentile(
+    value: str, weight: str, fraction: float, partials: pa.Table, rows: pa.ChunkedArray
+) -> pa.Array:
+    """PERCENTILE_CONT(value, fraction) per group from per-worker (value, row count)
+    partials, as the engine computes it: NULLs ignored; the values (integers as DOUBLE)
+    at positions floor and ceil of fraction * (n - 1), interpolated in f64 with the
+    fraction truncated to millionths; REAL stays REAL, everything else is DOUBLE."""
+    ranked = _ranked(value, weight, partials, rows)
+    present = ranked.total > 0
+    index = fraction * (np.where(present, ranked.total, 1) - 1).astype(np.float64)
+    low, high = np.floor(index), np.ceil(index)
+    lower = ranked.at(low.astype(np.int64)).astype(np.float64)
+    upper = ranked.at(high.astype(np.int64)).astype(np.float64)
+    steps = np.trunc((index - low) * INTERPOLATION_STEPS) / INTERPOLATION_STEPS
+    with np.errstate(invalid="ignore", over="ignore"):
+        result = np.where(low == high, lower, lower + (upper - lower) * steps)
+    typ = pa.float32() if pa.types.is_float32(ranked.type) else pa.float64()
+    return pa.array(result.astype(typ.to_pandas_dtype()), typ, mask=~present)
 
 
 _MOMENTS = ("var_samp", "var_pop", "stddev_samp", "stddev_pop")

@@ -35,7 +35,9 @@ row per distinct (group, value) per worker, which measured 2-5x slower than gath
 column (`benchmarks/moments_expr.py`), so such queries are gathered; VAR/STDDEV ship one row
 per group per worker and are always staged."""
 
-MOMENT_KINDS = frozenset({"var_samp", "var_pop", "stddev_samp", "stddev_pop", "median"})
+MOMENT_KINDS = frozenset(
+    {"var_samp", "var_pop", "stddev_samp", "stddev_pop", "median", "percentile"}
+)
 """The aggregate kinds (`fastmerge` names) that only the in-process merge combines."""
 
 
@@ -83,7 +85,7 @@ def attach(plan: Staged, partials: pa.Table) -> pa.Table | None:
         if pa.types.is_floating(values.type) and _nan_or_zero(values):
             return None  # NaN and -0.0 / 0.0 grouping: left to the engine
     for entry in plan.moments:
-        if entry[1] == "median":
+        if entry[1] in ("median", "percentile"):
             typ = partials.schema.field(entry[2]).type
             if not (pa.types.is_integer(typ) or pa.types.is_floating(typ)):
                 return None
@@ -104,6 +106,8 @@ def attach(plan: Staged, partials: pa.Table) -> pa.Table | None:
         name, kind, *names = entry
         if kind == "median":
             values = fastmerge._median(names[0], names[1], partials, lists)
+        elif kind == "percentile":
+            values = fastmerge._percentile(names[0], names[1], float(names[2]), partials, lists)
         else:
             values = fastmerge._moment(kind, tuple(names), partials, lists)
         out = out.append_column(name, values.take(pa.array(group_of)))

@@ -291,7 +291,8 @@ class _TwoPhase:
     """False when an aggregate has no SQL merge (VAR/STDDEV: only `fastmerge` merges them)."""
     moments: dict[TokenKey, tuple[str, ...]] = field(default_factory=dict)
     """Aggregates `fastmerge` merges by kind: VAR/STDDEV (kind, count, mean, var_pop
-    partial columns), MEDIAN (kind, value, weight), distinct counts (kind, value)."""
+    partial columns), MEDIAN (kind, value, weight), PERCENTILE_CONT (kind, value, weight,
+    fraction), distinct counts (kind, value)."""
     distinct: tuple[TokenKey, str] | None = None
     """The argument of COUNT(DISTINCT x) / APPROX_DISTINCT(x) (its key and text): workers
     then also group by it (one row per distinct (group, x) value), and the merge counts."""
@@ -449,6 +450,8 @@ def _aggregate(state: _TwoPhase, node: exp.AggFunc, span: Span) -> str:
         state.moments[token_key(query, span)] = ("median", "_d0", state.partials[_WEIGHT][0])
         state.sql_merge = False
         return _moment_column(state, token_key(query, span))
+    if isinstance(node, exp.PercentileCont) and set(extra) == {"expression"}:
+        return _percentile(state, node, span)
     if extra or isinstance(node.this, exp.Distinct) or node.this is None:
         raise NoPlan("aggregate with more than one plain argument")
     key = token_key(query, span)
@@ -476,6 +479,35 @@ def _aggregate(state: _TwoPhase, node: exp.AggFunc, span: Span) -> str:
         mean = state.partial(key, query.text(span))
         return f"(SUM({mean} * CAST({count} AS DOUBLE)) / CAST(SUM({count}) AS DOUBLE))"
     raise NoPlan(f"{type(node).__name__} has no two-phase form yet")
+
+
+def _percentile(state: _TwoPhase, node: exp.PercentileCont, span: Span) -> str:
+    """PERCENTILE_CONT(column, p), merged as MEDIAN is: each worker's row count per
+    (group, value), and the interpolation in `fastmerge` (a literal p in [0, 1]; other
+    arguments are left to the gather path, which gives the engine's answer or error)."""
+    query = state.query
+    literal = node.expression
+    if not isinstance(literal, exp.Literal) or literal.is_string:
+        raise NoPlan("PERCENTILE_CONT with a fraction that is not a number")
+    fraction = float(literal.this)
+    if not 0.0 <= fraction <= 1.0:
+        raise NoPlan("PERCENTILE_CONT fraction outside [0, 1]")
+    inner = node_span(query, node.this) if isinstance(node.this, exp.Column) else None
+    if inner is None:
+        raise NoPlan("PERCENTILE_CONT of anything but a column")
+    key = token_key(query, inner)
+    if state.distinct is not None and state.distinct[0] != key:
+        raise NoPlan("distinct values of more than one argument")
+    state.distinct = (key, query.text(inner).strip())
+    state.partial(_WEIGHT, "count(*)")
+    state.moments[token_key(query, span)] = (
+        "percentile",
+        "_d0",
+        state.partials[_WEIGHT][0],
+        repr(fraction),
+    )
+    state.sql_merge = False
+    return _moment_column(state, token_key(query, span))
 
 
 def _moment_column(state: _TwoPhase, key: TokenKey) -> str:
@@ -547,8 +579,10 @@ def _two_phase(query: Query, shards: tuple[int, ...] | None) -> Plan:
     if not state.sql_merge:
         if fast is not None:
             merge = None  # plain items: merged by `fastmerge` only (or gathered)
-        elif not moments.STAGE_MEDIAN and any(m[0] == "median" for m in state.moments.values()):
-            raise NoPlan("MEDIAN inside an expression, HAVING or beside others")
+        elif not moments.STAGE_MEDIAN and any(
+            m[0] in ("median", "percentile") for m in state.moments.values()
+        ):
+            raise NoPlan("MEDIAN or PERCENTILE_CONT inside an expression, HAVING or beside others")
         else:  # the SQL merge over the per-group values `moments` adds first
             staged = moments.staged(len(keys), state.moments.values())
     return Plan(

@@ -334,6 +334,12 @@ EDGE_QUERIES = [
     "SELECT median(k), count(DISTINCT k), sum(v), min(g) FROM {t}",
     "SELECT k, median(v - 7), count(*) FROM {t} GROUP BY k",
     "SELECT g, median(n) FROM {t} GROUP BY g",
+    "SELECT g, percentile_cont(v, 0.25), count(*), max(d) FROM {t} GROUP BY g",
+    "SELECT b, percentile_cont(d, 0.9) AS p FROM {t} WHERE v < 700 GROUP BY b "
+    "ORDER BY p DESC NULLS LAST LIMIT 2",
+    "SELECT percentile_cont(k, 0.1234567), percentile_cont(k, 1), count(DISTINCT k) FROM {t}",
+    "SELECT k, percentile_cont(n, 0.5) FROM {t} GROUP BY k",
+    "SELECT percentile_cont(v, 2) FROM {t}",
     "SELECT g, max(d / (v - v)), min(d / (v - v)), max(-d) FROM {t} GROUP BY g",
     "SELECT * FROM {t} WHERE k = 3",
     "SELECT g, count(*), sum(v) FROM {t} WHERE k IN (1, 4) GROUP BY g",
@@ -342,7 +348,7 @@ EDGE_QUERIES = [
     "SELECT k, count(*) FROM {t} GROUP BY k ORDER BY k",
     "SELECT k, v FROM {t} GROUP BY k",
 ]
-"""Shapes of the rules and their edges; the last three are native errors."""
+"""Shapes of the rules and their edges; the last three (and the fraction 2) are native errors."""
 
 
 class Recorder:

@@ -91,6 +91,12 @@ CASES = [
         None,
     ),
     (
+        "SELECT s, percentile_cont(d, 0.25) AS p, count(*) FROM r GROUP BY s",
+        'SELECT s AS "_k0", d AS "_d0", count(*) AS "_a0", count(*) AS "_a1" FROM r GROUP BY 1, 2',
+        ("_k0", "_d0", "_a0", "_a1"),
+        None,
+    ),
+    (
         "SELECT DISTINCT s, b FROM r WHERE v > 0",
         "SELECT DISTINCT s, b FROM r WHERE v > 0",
         ("_p0", "_p1"),

@@ -56,6 +56,7 @@ def _table(data: list[tuple[Any, ...]]) -> pa.Table:
 PREDICATES = ["n > 0", "g IS NOT NULL", "x < 2.5", "k IN (1, 2, 5)", "n IS NULL OR n < 3"]
 JOIN_AGGREGATES = ["count(*)", "count(q.n)", "sum(p.n)", "min(q.x)", "max(p.g)", "avg(q.n)"]
 AGGREGATES = ["count(*)", "count(n)", "sum(n)", "min(x)", "max(g)", "avg(n)", "sum(x)"]
+AGGREGATES += ["percentile_cont(x, 0.3)", "percentile_cont(n, 0.75)"]
 
 
 @st.composite
