@@ -149,6 +149,8 @@ def _parse(sql: str) -> exp.Select:
     if not isinstance(tree, exp.Select):
         raise NoPlan("not a plain SELECT")
     for node in tree.walk():
+        if isinstance(node, exp.WithinGroup) and isinstance(node.this, exp.PercentileCont):
+            continue  # the two-phase rule ranks it (split._percentile_within)
         if isinstance(node, _UNSUPPORTED_NODES):
             raise NoPlan(f"{type(node).__name__} is not split yet")
         if isinstance(node, exp.Select) and node is not tree:
@@ -547,9 +549,30 @@ def _call_span(query: Query, node: exp.Expr) -> Span | None:
     return None
 
 
+def _within_group_span(query: Query, node: exp.WithinGroup) -> Span | None:
+    """Span of `name(...) WITHIN GROUP (...)`, else None."""
+    call = _call_span(query, node.this) if isinstance(node.this, exp.Expr) else None
+    if call is None:
+        return None
+    after = [t for t in query.toks if t.start >= call[1]]
+    if len(after) < 4 or not (after[0].word("WITHIN") and after[1].word("GROUP")):
+        return None
+    depth = 0
+    for tok in after[2:]:
+        if tok.punct("([{"):
+            depth += 1
+        elif tok.punct(")]}"):
+            depth -= 1
+            if depth == 0:
+                return call[0], tok.end
+    return None
+
+
 def node_span(query: Query, node: exp.Expr) -> Span | None:
-    """The span of a node that can be replaced as a whole in the text: a column reference
-    or a function call `name(...)`; None for anything else."""
+    """The span of a node that can be replaced as a whole in the text: a column reference,
+    a function call `name(...)` or `name(...) WITHIN GROUP (...)`; None for anything else."""
     if isinstance(node, exp.Column) and not isinstance(node.this, exp.Star):
         return _column_span(node)
+    if isinstance(node, exp.WithinGroup):
+        return _within_group_span(query, node)
     return _call_span(query, node)

@@ -328,6 +328,11 @@ def _merged(state: _TwoPhase, node: exp.Expr, span: Span, *, having: bool = Fals
                 raise NoPlan("aggregate without position")
             edits.append((at[0], at[1], _aggregate(state, n, at)))
             return
+        if isinstance(n, exp.WithinGroup) and isinstance(n.this, exp.PercentileCont):
+            if at is None:
+                raise NoPlan("WITHIN GROUP without position")
+            edits.append((at[0], at[1], _percentile_within(state, n, at)))
+            return
         if isinstance(n, exp.Column):
             name = name_of(n.this)
             found = aliases_of(query).get(name, [])
@@ -482,17 +487,41 @@ def _aggregate(state: _TwoPhase, node: exp.AggFunc, span: Span) -> str:
 
 
 def _percentile(state: _TwoPhase, node: exp.PercentileCont, span: Span) -> str:
-    """PERCENTILE_CONT(column, p), merged as MEDIAN is: each worker's row count per
-    (group, value), and the interpolation in `fastmerge` (a literal p in [0, 1]; other
-    arguments are left to the gather path, which gives the engine's answer or error)."""
-    query = state.query
-    literal = node.expression
+    """PERCENTILE_CONT(column, p): see `_ranked_at`."""
+    return _ranked_at(state, node.this, _fraction(node.expression), span)
+
+
+def _percentile_within(state: _TwoPhase, node: exp.WithinGroup, span: Span) -> str:
+    """PERCENTILE_CONT(p) WITHIN GROUP (ORDER BY column [DESC]): DESC ranks at 1 - p, as
+    the engine does."""
+    call, order = node.this, node.expression
+    if not isinstance(call, exp.PercentileCont) or call.args.get("expression") is not None:
+        raise NoPlan("WITHIN GROUP of anything but PERCENTILE_CONT(p)")
+    ordered = order.expressions if isinstance(order, exp.Order) else []
+    if len(ordered) != 1 or not isinstance(ordered[0], exp.Ordered):
+        raise NoPlan("PERCENTILE_CONT WITHIN GROUP of several keys")
+    fraction = _fraction(call.this)
+    if ordered[0].args.get("desc"):
+        fraction = 1.0 - fraction
+    return _ranked_at(state, ordered[0].this, fraction, span)
+
+
+def _fraction(literal: object) -> float:
+    """PERCENTILE_CONT's literal fraction in [0, 1] (anything else is left to the gather
+    path, which gives the engine's answer or error)."""
     if not isinstance(literal, exp.Literal) or literal.is_string:
         raise NoPlan("PERCENTILE_CONT with a fraction that is not a number")
     fraction = float(literal.this)
     if not 0.0 <= fraction <= 1.0:
         raise NoPlan("PERCENTILE_CONT fraction outside [0, 1]")
-    inner = node_span(query, node.this) if isinstance(node.this, exp.Column) else None
+    return fraction
+
+
+def _ranked_at(state: _TwoPhase, column: object, fraction: float, span: Span) -> str:
+    """A percentile of a column, merged as MEDIAN is: each worker's row count per (group,
+    value), and the interpolation in `fastmerge`."""
+    query = state.query
+    inner = node_span(query, column) if isinstance(column, exp.Column) else None
     if inner is None:
         raise NoPlan("PERCENTILE_CONT of anything but a column")
     key = token_key(query, inner)

@@ -339,6 +339,9 @@ EDGE_QUERIES = [
     "ORDER BY p DESC NULLS LAST LIMIT 2",
     "SELECT percentile_cont(k, 0.1234567), percentile_cont(k, 1), count(DISTINCT k) FROM {t}",
     "SELECT k, percentile_cont(n, 0.5) FROM {t} GROUP BY k",
+    "SELECT g, percentile_cont(0.3) WITHIN GROUP (ORDER BY d DESC) AS p FROM {t} GROUP BY g "
+    "ORDER BY p DESC LIMIT 10",
+    "SELECT percentile_cont(0.75) WITHIN GROUP (ORDER BY v), count(*) FROM {t}",
     "SELECT percentile_cont(v, 2) FROM {t}",
     "SELECT g, max(d / (v - v)), min(d / (v - v)), max(-d) FROM {t} GROUP BY g",
     "SELECT * FROM {t} WHERE k = 3",

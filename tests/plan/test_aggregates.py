@@ -97,6 +97,12 @@ CASES = [
         None,
     ),
     (
+        "SELECT percentile_cont(0.9) WITHIN GROUP (ORDER BY v DESC) FROM r WHERE k > 0",
+        'SELECT v AS "_d0", count(*) AS "_a0" FROM r WHERE k > 0 GROUP BY 1',
+        ("_d0", "_a0"),
+        None,
+    ),
+    (
         "SELECT DISTINCT s, b FROM r WHERE v > 0",
         "SELECT DISTINCT s, b FROM r WHERE v > 0",
         ("_p0", "_p1"),
