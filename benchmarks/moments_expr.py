@@ -39,6 +39,12 @@ CASES = [
         False,
     ),
     ("median(i) * 2 by g", "SELECT g, median(i) * 2 AS m FROM t GROUP BY g", False),
+    ("median(i % 10) * 2 by g", "SELECT g, median(i % 10) * 2 AS m FROM t GROUP BY g", False),
+    (
+        "percentile_cont(i % 10, 0.9) + 1 by g",
+        "SELECT g, percentile_cont(i % 10, 0.9) + 1 AS p FROM t GROUP BY g",
+        False,
+    ),
     (
         "median(i) + avg, ORDER BY expr LIMIT 10",
         "SELECT g, median(i) + avg(v) AS m FROM t GROUP BY g ORDER BY stddev(v) * 3 DESC, g "

@@ -29,11 +29,11 @@ import pyarrow.compute as pc
 
 from laminardb.plan import fastmerge
 
-STAGE_MEDIAN = False
-"""Whether a MEDIAN inside an expression is merged in two stages. Off: its partials hold one
-row per distinct (group, value) per worker, which measured 2-5x slower than gathering the
-column (`benchmarks/moments_expr.py`), so such queries are gathered; VAR/STDDEV ship one row
-per group per worker and are always staged."""
+STAGE_MEDIAN = True
+"""Whether a MEDIAN / PERCENTILE_CONT inside an expression is merged in two stages. Its
+partials hold one row per distinct (group, value) per worker: fast with few distinct values,
+slower than gathering with many, so a plan learnt to ship mostly distinct values is
+gathered (`ranks`); VAR/STDDEV ship one row per group per worker and are always staged."""
 
 MOMENT_KINDS = frozenset(
     {"var_samp", "var_pop", "stddev_samp", "stddev_pop", "median", "percentile"}

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from laminardb.plan.fastmerge import Spec
+from laminardb.plan.moments import Staged
 
 WIDE = 0.1
 """Partial rows per counted row above which the values are treated as mostly distinct."""
@@ -33,13 +34,15 @@ _lock = threading.Lock()
 _wide: collections.OrderedDict[Hashable, float] = collections.OrderedDict()
 
 
-def weight_column(spec: Spec | None) -> str | None:
-    """The row-count partial of a plan that ranks values (MEDIAN / PERCENTILE_CONT), else None."""
-    if spec is None:
-        return None
-    for output in spec.outputs:
+def weight_column(spec: Spec | None, staged: Staged | None = None) -> str | None:
+    """The row-count partial of a plan that ranks values (MEDIAN / PERCENTILE_CONT), merged
+    in process (`spec`) or as the first stage of a SQL merge (`staged`), else None."""
+    for output in spec.outputs if spec is not None else ():
         if output[0] in ("median", "percentile"):
             return output[2]
+    for entry in staged.moments if staged is not None else ():
+        if entry[1] in ("median", "percentile"):
+            return entry[3]
     return None
 
 

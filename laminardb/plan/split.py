@@ -487,8 +487,34 @@ def _aggregate(state: _TwoPhase, node: exp.AggFunc, span: Span) -> str:
 
 
 def _percentile(state: _TwoPhase, node: exp.PercentileCont, span: Span) -> str:
-    """PERCENTILE_CONT(column, p): see `_ranked_at`."""
-    return _ranked_at(state, node.this, _fraction(node.expression), span)
+    """PERCENTILE_CONT(x, p): see `_ranked_at`."""
+    fraction = _fraction(node.expression)
+    if isinstance(node.this, exp.Column):
+        return _ranked_at(state, node.this, fraction, span)
+    if not isinstance(node.this, exp.Expr) or isinstance(node.this, exp.Distinct):
+        raise NoPlan("PERCENTILE_CONT(DISTINCT)")
+    if any(isinstance(n, exp.AggFunc | exp.Window) for n in node.this.walk()):
+        raise NoPlan("aggregate inside PERCENTILE_CONT")
+    return _ranked_at(state, _first_argument(state.query, span), fraction, span)
+
+
+def _first_argument(query: Query, call: Span) -> Span:
+    """The span of the first argument of the call at `call`: up to its first top-level comma."""
+    depth = 0
+    start = None
+    for tok in query.toks[query.index[call[0]] + 1 :]:
+        if tok.punct("([{"):
+            depth += 1
+            if depth == 1:
+                start = tok.end
+                continue
+        elif tok.punct(")]}"):
+            depth -= 1
+        elif depth == 1 and tok.punct(",") and start is not None:
+            return start, tok.start
+        if tok.start >= call[1]:
+            break
+    raise NoPlan("PERCENTILE_CONT without its two arguments")
 
 
 def _percentile_within(state: _TwoPhase, node: exp.WithinGroup, span: Span) -> str:
@@ -517,13 +543,16 @@ def _fraction(literal: object) -> float:
     return fraction
 
 
-def _ranked_at(state: _TwoPhase, column: object, fraction: float, span: Span) -> str:
-    """A percentile of a column, merged as MEDIAN is: each worker's row count per (group,
-    value), and the interpolation in `fastmerge`."""
+def _ranked_at(state: _TwoPhase, argument: object, fraction: float, span: Span) -> str:
+    """A percentile of a column (or of the expression at a span), merged as MEDIAN is: each
+    worker's row count per (group, value), and the interpolation in `fastmerge`."""
     query = state.query
-    inner = node_span(query, column) if isinstance(column, exp.Column) else None
+    if isinstance(argument, tuple):
+        inner: Span | None = argument
+    else:
+        inner = node_span(query, argument) if isinstance(argument, exp.Column) else None
     if inner is None:
-        raise NoPlan("PERCENTILE_CONT of anything but a column")
+        raise NoPlan("PERCENTILE_CONT WITHIN GROUP of anything but a column")
     key = token_key(query, inner)
     if state.distinct is not None and state.distinct[0] != key:
         raise NoPlan("distinct values of more than one argument")

@@ -339,6 +339,8 @@ EDGE_QUERIES = [
     "ORDER BY p DESC NULLS LAST LIMIT 2",
     "SELECT percentile_cont(k, 0.1234567), percentile_cont(k, 1), count(DISTINCT k) FROM {t}",
     "SELECT k, percentile_cont(n, 0.5) FROM {t} GROUP BY k",
+    "SELECT g, percentile_cont(v % 7, 0.4) AS p, percentile_cont(v % 7, 0.6) * 2 AS q "
+    "FROM {t} GROUP BY g ORDER BY p, g LIMIT 9",
     "SELECT g, percentile_cont(0.3) WITHIN GROUP (ORDER BY d DESC) AS p FROM {t} GROUP BY g "
     "ORDER BY p DESC LIMIT 10",
     "SELECT percentile_cont(0.75) WITHIN GROUP (ORDER BY v), count(*) FROM {t}",

@@ -97,6 +97,12 @@ CASES = [
         None,
     ),
     (
+        "SELECT percentile_cont(abs(v - 3), 0.5) FROM r",
+        'SELECT abs(v - 3) AS "_d0", count(*) AS "_a0" FROM r GROUP BY 1',
+        ("_d0", "_a0"),
+        None,
+    ),
+    (
         "SELECT percentile_cont(0.9) WITHIN GROUP (ORDER BY v DESC) FROM r WHERE k > 0",
         'SELECT v AS "_d0", count(*) AS "_a0" FROM r WHERE k > 0 GROUP BY 1',
         ("_d0", "_a0"),

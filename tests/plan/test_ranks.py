@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 import laminardb
 from laminardb.plan import distributed, fastmerge, ranks
 from laminardb.plan.fastmerge import Spec
+from laminardb.plan.moments import Staged
 from laminardb.plan.split import plan
 
 pytestmark = pytest.mark.timeout(120)
@@ -37,6 +38,10 @@ def test_only_ranking_plans_have_a_weight() -> None:
     assert ranks.weight_column(_spec(("sum", "_a0"))) is None
     assert ranks.weight_column(_spec(("median", "_d0", "_a1"))) == "_a1"
     assert ranks.weight_column(_spec(("sum", "_a0"), ("percentile", "_d0", "_a2", "0.5"))) == "_a2"
+    staged = Staged(
+        ("_k0",), (("_m0", "var_pop", "_a0", "_a1", "_a2"), ("_m1", "median", "_d0", "_a3"))
+    )
+    assert ranks.weight_column(None, staged) == "_a3"
 
 
 def _partials(rows: int, count_each: int) -> pa.Table:
@@ -101,6 +106,8 @@ def pair() -> Iterator[tuple[Any, Any]]:
         ("SELECT g, percentile_cont(v, 0.9) AS x FROM m GROUP BY g", True),
         ("SELECT g, median(i) AS x FROM m GROUP BY g", False),
         ("SELECT g, percentile_cont(i, 0.25) AS x, count(*) AS n FROM m GROUP BY g", False),
+        ("SELECT g, median(v) + 1 AS x FROM m GROUP BY g", True),  # staged: in an expression
+        ("SELECT g, percentile_cont(i, 0.5) * 2 + count(*) AS x FROM m GROUP BY g", False),
     ],
 )
 def test_a_wide_plan_is_gathered_after_its_first_run(
