@@ -549,16 +549,17 @@ def _call_span(query: Query, node: exp.Expr) -> Span | None:
     return None
 
 
-def _within_group_span(query: Query, node: exp.WithinGroup) -> Span | None:
-    """Span of `name(...) WITHIN GROUP (...)`, else None."""
-    call = _call_span(query, node.this) if isinstance(node.this, exp.Expr) else None
-    if call is None:
-        return None
+def suffix_span(query: Query, call: Span, *words: str) -> Span | None:
+    """Span of `<call> WORD ... (...)`: the call at `call`, then `words` (say `FILTER`, or
+    `WITHIN GROUP`) and a parenthesised group; None when the text goes on otherwise."""
     after = [t for t in query.toks if t.start >= call[1]]
-    if len(after) < 4 or not (after[0].word("WITHIN") and after[1].word("GROUP")):
+    n = len(words)
+    if len(after) < n + 2 or not after[n].punct("("):
+        return None
+    if not all(after[i].word(word) for i, word in enumerate(words)):
         return None
     depth = 0
-    for tok in after[2:]:
+    for tok in after[n:]:
         if tok.punct("([{"):
             depth += 1
         elif tok.punct(")]}"):
@@ -566,6 +567,12 @@ def _within_group_span(query: Query, node: exp.WithinGroup) -> Span | None:
             if depth == 0:
                 return call[0], tok.end
     return None
+
+
+def _within_group_span(query: Query, node: exp.WithinGroup) -> Span | None:
+    """Span of `name(...) WITHIN GROUP (...)`, else None."""
+    call = _call_span(query, node.this) if isinstance(node.this, exp.Expr) else None
+    return None if call is None else suffix_span(query, call, "WITHIN", "GROUP")
 
 
 def node_span(query: Query, node: exp.Expr) -> Span | None:

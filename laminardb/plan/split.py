@@ -66,6 +66,7 @@ from laminardb.plan.layout import (
     node_span,
     order_target,
     shadowing,
+    suffix_span,
     token_key,
 )
 
@@ -318,7 +319,7 @@ def _merged(state: _TwoPhase, node: exp.Expr, span: Span, *, having: bool = Fals
                 return
         if isinstance(n, exp.Filter) and isinstance(n.this, exp.AggFunc):
             inner = node_span(query, n.this)
-            whole = None if inner is None else _filter_span(query, inner)
+            whole = None if inner is None else suffix_span(query, inner, "FILTER")
             if whole is None:
                 raise NoPlan("FILTER without position")
             edits.append((whole[0], whole[1], _filtered(state, n.this, whole)))
@@ -369,22 +370,6 @@ def _no_alias_references_in_having(query: Query, node: exp.Expr) -> None:
         name = name_of(col.this)
         if not col.args.get("table") and name in query.columns and shadowing(query, name):
             raise NoPlan(f"{name} names both a column and a select alias")
-
-
-def _filter_span(query: Query, call: Span) -> Span | None:
-    """The span of `<call> FILTER (WHERE ...)`, given the call's span."""
-    after = [t for t in query.toks if t.start >= call[1]]
-    if len(after) < 3 or not after[0].word("FILTER") or not after[1].punct("("):
-        return None
-    depth = 0
-    for tok in after[1:]:
-        if tok.punct("([{"):
-            depth += 1
-        elif tok.punct(")]}"):
-            depth -= 1
-            if depth == 0:
-                return call[0], tok.end
-    return None
 
 
 def _filtered(state: _TwoPhase, node: exp.AggFunc, span: Span) -> str:
