@@ -308,7 +308,7 @@ DATA = {
 }
 
 GATHERED = [
-    "SELECT g, percentile_cont(0.5) WITHIN GROUP (ORDER BY v) FROM t WHERE v > 2 GROUP BY g",
+    "SELECT g, approx_percentile_cont(0.5) WITHIN GROUP (ORDER BY v) FROM t WHERE v > 2 GROUP BY g",
     "SELECT g, approx_percentile_cont(v, 0.9) FROM t WHERE v > 0.5 GROUP BY g",
     "SELECT g, median(v) FROM t WHERE k > 3 GROUP BY g HAVING median(d) > 4",
     "SELECT g, approx_percentile_cont(v, 0.5) AS p FROM t GROUP BY g HAVING approx_percentile_cont(v, 0.5) > 3",
