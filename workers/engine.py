@@ -131,6 +131,10 @@ class Engine:
     last_insert: float = 0.0
     threads: int = 1
     """The engine's threads (this worker's cores): rows are held in at least this many batches."""
+    streamed: set[str] = field(default_factory=set)
+    """Sources a stream reads: their batches are never cut (`spread`). Once the pipeline
+    runs, the engine keeps a source's last 2048 batches for queries; one batch per shipment
+    keeps at least the rows one native instance would keep."""
 
     def execute(self, sql: str, kind: str, name: str | None) -> dict[str, Any]:
         """Run one statement and keep the DDL log and the source states in step with it."""
@@ -154,6 +158,8 @@ class Engine:
         elif kind == "DROP":
             present = {s.name for s in self.conn.sources()}
             self.sources = {n: st for n, st in self.sources.items() if n in present}
+        if kind in ("CREATE_STREAM", "CREATE_MATERIALIZED_VIEW", "CREATE_SINK", "DROP"):
+            self.streamed = {edge.from_node for edge in self.conn.topology().edges}
         if kind in ("CREATE_STREAM", "CREATE_MATERIALIZED_VIEW") and self.started:
             # A stream created after start never runs in the native engine: restart it.
             self.rebuild()
@@ -184,7 +190,8 @@ class Engine:
         batches = table.to_batches()
         if state is None or not _keep_chunks(batches):
             batches = table.combine_chunks().to_batches()
-        batches = spread(batches, self.threads)
+        if source not in self.streamed:
+            batches = spread(batches, self.threads)
         if state is not None:
             # every batch of a multi-batch insert takes a place of the engine's 2048
             if state.batches + len(batches) > COMPACT_AFTER:
@@ -221,8 +228,11 @@ class Engine:
         )
 
     def _insert_whole(self, conn: Any, source: str, table: pa.Table) -> int:
-        """Insert a source's retained rows again, spread over the threads; returns batches."""
-        batches = spread(table.combine_chunks().to_batches(), self.threads)
+        """Insert a source's retained rows again, spread over the threads unless a stream
+        reads it; returns the batches it took."""
+        batches = table.combine_chunks().to_batches()
+        if source not in self.streamed:
+            batches = spread(batches, self.threads)
         conn.insert(source, batches[0] if len(batches) == 1 else pa.Table.from_batches(batches))
         return len(batches)
 

@@ -93,3 +93,24 @@ def test_a_worker_holds_a_batch_per_thread(monkeypatch: Any) -> None:
         ]
     finally:
         e.close()
+
+
+def test_a_source_a_stream_reads_is_never_cut(monkeypatch: Any) -> None:
+    """Once the pipeline runs the engine keeps a source's last 2048 batches for queries: a
+    streamed source takes one batch per insert, so it keeps as many rows as native would."""
+    monkeypatch.setattr(engine_mod, "SPREAD_ROWS", 10)
+    e = Engine(threads=4)
+    try:
+        e.execute("CREATE SOURCE t (a BIGINT)", "CREATE_SOURCE", "t")
+        e.execute("CREATE SOURCE u (a BIGINT)", "CREATE_SOURCE", "u")
+        e.execute("CREATE STREAM s AS SELECT a FROM t WHERE a > 1", "CREATE_STREAM", "s")
+        assert e.streamed == {"t"}
+        e.insert("t", _pieces(1, 100))
+        e.insert("u", _pieces(1, 100))
+        assert (e.sources["t"].batches, e.sources["u"].batches) == (1, 4)
+        e.execute("DROP STREAM s", "DROP", "s")
+        assert e.streamed == set()
+        e.insert("t", _pieces(1, 100))
+        assert e.sources["t"].batches == 5
+    finally:
+        e.close()
