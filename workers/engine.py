@@ -3,9 +3,9 @@
 The native engine blocks forever on the 2048th insert into a source that nothing consumes,
 and a stream created after `start()` never runs. So a source that has taken many batches is
 compacted before it could fill up: when no stream depends on it, it is dropped and created
-again holding its rows in one batch per engine thread; when streams read it, the pipeline is started so that
-they consume it. A stream created after the start triggers a rebuild (a fresh engine, the
-DDL replayed, the retained rows re-inserted the same way).
+again holding its rows in one batch per engine thread (`spread`); when streams read it, the
+pipeline is started so that they consume it. A stream created after the start triggers a
+rebuild (a fresh engine, the DDL replayed, the retained rows re-inserted the same way).
 
 Hidden helper streams (an earlier design gave each source a "drain" stream) are avoided on
 purpose: the engine drops the output of every cycle in which not all sources read by some
@@ -261,7 +261,7 @@ class Engine:
         return checked(self.query, sql)
 
     def rebuild(self) -> None:
-        """A fresh, started engine with the same catalog and retained rows (a batch per thread)."""
+        """A fresh, started engine with the same catalog and retained rows (`_insert_whole`)."""
         from workers import streams
 
         retained = {
