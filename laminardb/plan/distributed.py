@@ -144,7 +144,8 @@ def execute(plan: Plan, catalog: Catalog, fetch: Fetch) -> pa.Table:
     if plan.vshards is not None and shards is not None and len(shards) == 1:
         # Every row the query can read is on this worker: it answers the query as written.
         return _conform(fetch(plan.sql, shards)[0], probe.answer)
-    weight, learnt = ranks.weight_column(plan.fast, plan.staged), _learnt_key(plan, relation)
+    weight = ranks.weight_column(plan.fast, plan.staged)
+    learnt = _learnt_key(plan, relation) if weight is not None else ()
     if weight is not None and ranks.is_wide(learnt):
         raise Fallback(_WIDE)
     fetched = fetch(plan.worker_sql, shards)
@@ -416,8 +417,9 @@ def refusal(plan: Plan, catalog: Catalog) -> str | None:
         _probe(plan, relation)
     except Fallback as exc:
         return str(exc)
-    wide = ranks.is_wide(_learnt_key(plan, relation))
-    if ranks.weight_column(plan.fast, plan.staged) is not None and wide:
+    if ranks.weight_column(plan.fast, plan.staged) is not None and ranks.is_wide(
+        _learnt_key(plan, relation)
+    ):
         return _WIDE
     return None
 
