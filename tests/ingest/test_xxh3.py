@@ -182,3 +182,21 @@ def test_garbage_around_the_values_is_not_read() -> None:
         data = np.frombuffer(blob, np.uint8)
         got = [int(xxh3_binary(np.array(pair), data)[0]) for pair in bounds]
         assert got == [h(v) for v in values]
+
+
+def test_the_workers_block_size_gives_the_same_digests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers with several threads hash in larger blocks (workers/server.py): the digests,
+    and so the owner of every key, must not depend on it."""
+    from workers.server import EXCHANGE_BLOCK
+
+    rng = np.random.default_rng(8)
+    n = EXCHANGE_BLOCK + 3 * xxh3.BLOCK + 11
+    lengths = rng.integers(0, 40, n)
+    data = rng.integers(0, 256, int(lengths.sum()), dtype=np.uint8)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ints = rng.integers(0, 2**64, n, dtype=np.uint64)
+    before = xxh3_binary(offsets, data), xxh3_u64(ints), xxh3_fixed(data[: 7 * n], 7)
+    monkeypatch.setattr(xxh3, "BLOCK", EXCHANGE_BLOCK)
+    after = xxh3_binary(offsets, data), xxh3_u64(ints), xxh3_fixed(data[: 7 * n], 7)
+    for old, new in zip(before, after, strict=True):
+        assert np.array_equal(old, new)
