@@ -43,6 +43,9 @@ _HASH_FUNCTION = {
 }
 """Merge of each partial aggregate kind, as a pyarrow (hash) aggregate function."""
 
+RANK_KINDS = frozenset({"median", "percentile"})
+"""Aggregates merged by ranking each group's (value, row count) partials."""
+
 _SCALAR: dict[str, Any] = {
     "sum": pc.sum,
     "min": pc.min,
@@ -191,13 +194,13 @@ def _grouped(spec: Spec, partials: pa.Table) -> pa.Table | None:
         if pa.types.is_floating(partials.schema.field("_d0").type):
             return None  # NaN and -0.0: left to the engine
         aggregates.append(("_d0", "count_distinct", pc.CountOptions(mode="only_valid")))
-    if any(o[0] in ("median", "percentile") for o in spec.outputs):
+    if any(o[0] in RANK_KINDS for o in spec.outputs):
         typ = partials.schema.field("_d0").type
         if not (pa.types.is_integer(typ) or pa.types.is_floating(typ)):
             return None
         if _has_nan(partials.column("_d0")):
             return None
-    moments = any(o[0] in _MOMENTS or o[0] in ("median", "percentile") for o in spec.outputs)
+    moments = any(o[0] in _MOMENTS or o[0] in RANK_KINDS for o in spec.outputs)
     if moments:
         partials = partials.append_column("__row", pa.array(np.arange(partials.num_rows)))
         aggregates.append(("__row", "list"))

@@ -36,7 +36,7 @@ slower than gathering with many, so a plan learnt to ship mostly distinct values
 gathered (`ranks`); VAR/STDDEV ship one row per group per worker and are always staged."""
 
 MOMENT_KINDS = frozenset(
-    {"var_samp", "var_pop", "stddev_samp", "stddev_pop", "median", "percentile"}
+    {"var_samp", "var_pop", "stddev_samp", "stddev_pop", *fastmerge.RANK_KINDS}
 )
 """The aggregate kinds (`fastmerge` names) that only the in-process merge combines."""
 
@@ -85,7 +85,7 @@ def attach(plan: Staged, partials: pa.Table) -> pa.Table | None:
         if pa.types.is_floating(values.type) and _nan_or_zero(values):
             return None  # NaN and -0.0 / 0.0 grouping: left to the engine
     for entry in plan.moments:
-        if entry[1] in ("median", "percentile"):
+        if entry[1] in fastmerge.RANK_KINDS:
             typ = partials.schema.field(entry[2]).type
             if not (pa.types.is_integer(typ) or pa.types.is_floating(typ)):
                 return None

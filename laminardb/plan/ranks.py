@@ -21,7 +21,7 @@ from collections.abc import Hashable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from laminardb.plan.fastmerge import Spec
+from laminardb.plan.fastmerge import RANK_KINDS, Spec
 from laminardb.plan.moments import Staged
 
 WIDE = 0.1
@@ -38,10 +38,10 @@ def weight_column(spec: Spec | None, staged: Staged | None = None) -> str | None
     """The row-count partial of a plan that ranks values (MEDIAN / PERCENTILE_CONT), merged
     in process (`spec`) or as the first stage of a SQL merge (`staged`), else None."""
     for output in spec.outputs if spec is not None else ():
-        if output[0] in ("median", "percentile"):
+        if output[0] in RANK_KINDS:
             return output[2]
     for entry in staged.moments if staged is not None else ():
-        if entry[1] in ("median", "percentile"):
+        if entry[1] in RANK_KINDS:
             return entry[3]
     return None
 

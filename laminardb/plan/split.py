@@ -51,7 +51,7 @@ from sqlglot import exp
 
 from laminardb.cluster.catalog import Catalog, quote
 from laminardb.plan import moments, routing
-from laminardb.plan.fastmerge import SortKey, Spec
+from laminardb.plan.fastmerge import RANK_KINDS, SortKey, Spec
 from laminardb.plan.layout import (
     NoPlan,
     Query,
@@ -396,14 +396,19 @@ def _distinct_argument(state: _TwoPhase, node: exp.AggFunc, span: Span) -> str:
         if not query.toks[first].word("DISTINCT"):
             raise NoPlan("COUNT(DISTINCT) without DISTINCT token")
         first += 1
-    inner = (query.toks[first].start, span[1] - 1)
-    key = token_key(query, inner)
-    if state.distinct is not None and state.distinct[0] != key:
-        raise NoPlan("distinct counts of more than one argument")
     if any(isinstance(n, exp.AggFunc | exp.Window) for n in _argument(node).walk()):
         raise NoPlan("aggregate inside a distinct count")
-    state.distinct = (key, query.text(inner).strip())
+    _value_key(state, (query.toks[first].start, span[1] - 1))
     return quote("_d0")
+
+
+def _value_key(state: _TwoPhase, inner: Span) -> None:
+    """Make the expression at `inner` the extra worker group key `_d0` (one per query)."""
+    query = state.query
+    key = token_key(query, inner)
+    if state.distinct is not None and state.distinct[0] != key:
+        raise NoPlan("distinct values of more than one argument")
+    state.distinct = (key, query.text(inner).strip())
 
 
 def _argument(node: exp.AggFunc) -> exp.Expr:
@@ -436,10 +441,7 @@ def _aggregate(state: _TwoPhase, node: exp.AggFunc, span: Span) -> str:
             raise NoPlan("MEDIAN(DISTINCT)")
         _argument(node)
         _distinct_argument(state, node, span)
-        state.partial(_WEIGHT, "count(*)")
-        state.moments[token_key(query, span)] = ("median", "_d0", state.partials[_WEIGHT][0])
-        state.sql_merge = False
-        return _moment_column(state, token_key(query, span))
+        return _ranked(state, span, "median")
     if isinstance(node, exp.PercentileCont) and set(extra) == {"expression"}:
         return _percentile(state, node, span)
     if extra or isinstance(node.this, exp.Distinct) or node.this is None:
@@ -538,19 +540,18 @@ def _ranked_at(state: _TwoPhase, argument: object, fraction: float, span: Span) 
         inner = node_span(query, argument) if isinstance(argument, exp.Column) else None
     if inner is None:
         raise NoPlan("PERCENTILE_CONT WITHIN GROUP of anything but a column")
-    key = token_key(query, inner)
-    if state.distinct is not None and state.distinct[0] != key:
-        raise NoPlan("distinct values of more than one argument")
-    state.distinct = (key, query.text(inner).strip())
+    _value_key(state, inner)
+    return _ranked(state, span, "percentile", repr(fraction))
+
+
+def _ranked(state: _TwoPhase, span: Span, kind: str, *extra: str) -> str:
+    """Merge expression of a MEDIAN / PERCENTILE_CONT over `_d0`: each worker also counts
+    its rows per value (the weight), and `fastmerge` ranks them."""
     state.partial(_WEIGHT, "count(*)")
-    state.moments[token_key(query, span)] = (
-        "percentile",
-        "_d0",
-        state.partials[_WEIGHT][0],
-        repr(fraction),
-    )
+    key = token_key(state.query, span)
+    state.moments[key] = (kind, "_d0", state.partials[_WEIGHT][0], *extra)
     state.sql_merge = False
-    return _moment_column(state, token_key(query, span))
+    return _moment_column(state, key)
 
 
 def _moment_column(state: _TwoPhase, key: TokenKey) -> str:
@@ -622,9 +623,7 @@ def _two_phase(query: Query, shards: tuple[int, ...] | None) -> Plan:
     if not state.sql_merge:
         if fast is not None:
             merge = None  # plain items: merged by `fastmerge` only (or gathered)
-        elif not moments.STAGE_MEDIAN and any(
-            m[0] in ("median", "percentile") for m in state.moments.values()
-        ):
+        elif not moments.STAGE_MEDIAN and any(m[0] in RANK_KINDS for m in state.moments.values()):
             raise NoPlan("MEDIAN or PERCENTILE_CONT inside an expression, HAVING or beside others")
         else:  # the SQL merge over the per-group values `moments` adds first
             staged = moments.staged(len(keys), state.moments.values())
