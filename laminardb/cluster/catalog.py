@@ -43,6 +43,19 @@ class Relation:
     home: int | None = None
     alters: list[str] = field(default_factory=list)
 
+    def definition(self) -> tuple[object, ...]:
+        """Everything about the relation that a plan, a probe or a cached read depends on:
+        equal definitions mean the same relation as far as the planner can tell."""
+        return (
+            self.name,
+            self.kind,
+            self.create_sql,
+            tuple(self.alters),
+            self.partition_by,
+            self.home,
+            self.schema.to_string(),
+        )
+
     def gather_ddl(self) -> list[str]:
         """Statements that recreate this relation as a plain source with the same schema."""
         columns = []

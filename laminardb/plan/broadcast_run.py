@@ -88,10 +88,10 @@ class _Memo:
 
     def __init__(self, epoch: int):
         self.epoch = epoch
-        self.counts: dict[tuple[str, str], int] = {}
-        self.shipped: dict[tuple[str, ...], pa.Buffer] = {}
+        self.counts: dict[tuple[object, ...], int] = {}
+        self.shipped: dict[tuple[object, ...], pa.Buffer] = {}
 
-    def keep(self, key: tuple[str, ...], data: pa.Buffer) -> None:
+    def keep(self, key: tuple[object, ...], data: pa.Buffer) -> None:
         while len(self.shipped) >= self.SHIPMENTS:
             del self.shipped[next(iter(self.shipped))]
         self.shipped[key] = data
@@ -119,14 +119,10 @@ def _current(memo: _Memo, fetch: Fetch) -> bool:
     return memo.epoch == getattr(getattr(fetch, "cluster", None), "epoch", None)
 
 
-def _definition(relation: Relation) -> str:
-    return f"{relation.create_sql}\n{relation.schema}"
-
-
 def cached_counts(relations: Sequence[Relation], fetch: Fetch) -> dict[str, int]:
     """`count_rows`, from the counts taken at the cluster's current epoch when all are known."""
     memo = _memo(fetch)
-    keys = [(r.name, _definition(r)) for r in relations]
+    keys = [r.definition() for r in relations]
     if memo is not None and all(k in memo.counts for k in keys):
         return {r.name: memo.counts[k] for r, k in zip(relations, keys, strict=True)}
     counts = count_rows(relations, fetch)
@@ -225,7 +221,7 @@ def prepare(plan: BroadcastPlan, catalog: Catalog, fetch: Fetch) -> Shipment:
     for small in plan.small:
         relation = _relation(small.name, catalog)
         limit = threshold(fetch)
-        key = (relation.name, _definition(relation), str(limit), *small.columns)
+        key = (*relation.definition(), limit, *small.columns)
         data = None if memo is None else memo.shipped.get(key)
         if data is None:
             data = _fetch_small(relation, small, limit, fetch)

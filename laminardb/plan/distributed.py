@@ -102,7 +102,7 @@ def cached_plan(sql: str, catalog: Catalog) -> Plan | None:
         hit = _plans.get(sql)
     if hit is not None:
         relation = catalog.get(hit[0].relation)
-        if relation is not None and _definition(relation) == hit[1]:
+        if relation is not None and relation.definition() == hit[1]:
             return hit[0]
     key = catalog_key(catalog)
     if refused(_refused, sql, key):
@@ -113,24 +113,11 @@ def cached_plan(sql: str, catalog: Catalog) -> Plan | None:
     relation = None if found is None else catalog.get(found.relation)
     if found is not None and relation is not None:
         with _lock:
-            _plans[sql] = (found, _definition(relation))
+            _plans[sql] = (found, relation.definition())
             _plans.move_to_end(sql)
             while len(_plans) > CACHE_SIZE:
                 _plans.popitem(last=False)
     return found
-
-
-def _definition(relation: Relation) -> tuple[object, ...]:
-    """Everything about a relation that a plan or a probe depends on."""
-    return (
-        relation.name,
-        relation.kind,
-        relation.create_sql,
-        tuple(relation.alters),
-        relation.partition_by,
-        relation.home,
-        relation.schema.to_string(),
-    )
 
 
 def execute(plan: Plan, catalog: Catalog, fetch: Fetch) -> pa.Table:
@@ -171,7 +158,7 @@ _WIDE = "MEDIAN / PERCENTILE_CONT over mostly distinct values: gathering is fast
 
 
 def _learnt_key(plan: Plan, relation: Relation) -> tuple[object, ...]:
-    return (plan.worker_sql, *_definition(relation))
+    return (plan.worker_sql, *relation.definition())
 
 
 def _staged(staged: moments.Staged, probe: _Probe, partials: pa.Table) -> tuple[pa.Table, _Probe]:
@@ -225,7 +212,7 @@ _probes: collections.OrderedDict[tuple[object, ...], _Probe | Fallback] = collec
 def _probe(plan: Plan, relation: Relation) -> _Probe:
     """The plan's probe, from the cache when the query and the relation's definition are
     the same; a refusal (`Fallback`, or the native error as one) is cached too."""
-    key = (plan.sql, plan.worker_sql, *_definition(relation))
+    key = (plan.sql, plan.worker_sql, *relation.definition())
     return memo_probe(_probes, _lock, key, lambda: _run_probe(plan, relation))
 
 

@@ -128,18 +128,7 @@ def _relations(names: tuple[str, ...], catalog: Catalog) -> list[Relation]:
 
 
 def _definition(relations: list[Relation]) -> tuple[object, ...]:
-    return tuple(
-        (
-            r.name,
-            r.kind,
-            r.create_sql,
-            tuple(r.alters),
-            r.partition_by,
-            r.home,
-            r.schema.to_string(),
-        )
-        for r in relations
-    )
+    return tuple(r.definition() for r in relations)
 
 
 def probe(
