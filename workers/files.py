@@ -3,8 +3,9 @@ stage them; write this worker's part of a `COPY (query) TO 'folder/'`.
 
 `read_files` reads this worker's splits (laminardb/files/read.py: the checks of `insert`),
 keeps the rows it owns staged under the load's transaction, and writes the rows other workers
-own to one Arrow IPC segment per owner in /dev/shm (owner-only, named with the coordinator's
-prefix so its leak checks and stale sweep see them). The coordinator then asks each owner to
+own to Arrow IPC segments in /dev/shm (a large part of a unit gets one of its own, small parts
+share one per owner; owner-only, named with the coordinator's prefix so its leak checks and
+stale sweep see them). The coordinator then asks each owner to
 `stage_segments`: it maps them, takes the rows and unlinks them. Rows never pass through the
 coordinator, except for a logged load (`segment_all`), where every row goes to a segment and
 the coordinator maps them to write the log record before the commit. On a failure here every
@@ -17,9 +18,11 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -31,6 +34,7 @@ from laminardb.files.write import write_table
 from laminardb.ingest import partition
 from laminardb.wire import arrow_ipc, protocol
 from laminardb.wire.arena import SHM_DIR
+from laminardb.wire.protocol import FileSplit
 
 Staged = dict[int, list[tuple[str, pa.Table]]]
 # Segments this worker wrote, by transaction: an Abort unlinks them here, because the
@@ -41,6 +45,10 @@ _written: dict[int, list[str]] = {}
 MIN_RANGE_ROWS = 250_000
 """Rows below which a range is not worth a thread of its own in the exchange."""
 
+SEGMENT_ROWS = 65_536
+"""Rows below which a unit's part for another owner waits to share one segment with the
+other small parts for that owner (a load of many small files makes few segments)."""
+
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
@@ -49,51 +57,120 @@ def read_files(
     r: protocol.ReadFiles, shard: int, staged: Staged, read_one: Callable[[int], None] | None = None
 ) -> dict[str, Any]:
     """Read, cast and place the rows of `r.splits`; returns rows read and segments written.
-    `read_one(i)` is told, on this thread, as each split `i` is read (a load's progress)."""
+    `read_one(i)` is told, on this thread, as each split `i` is read (a load's progress).
+
+    Each unit (a Parquet row group, a text split) is read, cut by owner and its other
+    owners' rows written out on one thread, units at once: the cut and the writes of one
+    unit overlap the reads of others, and a worker's few row groups of a few columns each
+    (Arrow reads a row group a column a thread) no longer leave its cores idle."""
     clock = _Clock()
     schema = pa.ipc.read_schema(pa.py_buffer(r.schema))
     opts = FileOptions(r.format, bool(r.options["header"]), str(r.options["delimiter"]))
     cores = pa.cpu_count()  # this worker's share of the cores (1: siblings use the rest)
-    threads = len(r.splits) < cores  # Arrow's threads too, when the splits do not fill them
+    units, of_split = _units(r.splits)
+    threads = len(units) < cores  # Arrow's threads too, when the units do not fill them
+    keyed = bool(r.keys) and r.workers > 1
+    share = max(1, cores // max(1, len(units)))  # the cut's threads, a unit
+    written: list[str] = []  # by every unit's thread: unlinked if any unit fails
+    spent = {"read": 0.0, "exchange": 0.0, "write": 0.0}  # thread seconds, for the DEBUG log
+    lock = threading.Lock()
 
-    def read(split: Any) -> pa.Table:
-        return read_split(split, opts, schema, r.source, threads)
+    def add(step: str, began: float) -> None:
+        with lock:
+            spent[step] += time.perf_counter() - began
 
-    tables = [t for t in _map(read, r.splits, cores, read_one) if t.num_rows]
-    clock.lap("read")
-    if not tables:
-        return {"rows": 0, "segments": [], "timings": clock.laps}
-    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-    rows = int(table.num_rows)
-    if not r.keys or r.workers == 1:
-        if not r.segment_all:
-            staged.setdefault(r.txn, []).append((r.source, table))
-            return {"rows": rows, "segments": [], "timings": clock.laps}
-        parts = [table if dest == shard else table.slice(0, 0) for dest in range(r.workers)]
-    else:
-        parts = by_owner_parallel(table, r.keys, r.workers, cores)
-        clock.lap("exchange")
-    segments: list[list[Any]] = []
-    writes: list[tuple[str, pa.Table]] = []
-    try:
+    def place(unit: FileSplit) -> _Placed:
+        began = time.perf_counter()
+        table = read_split(unit, opts, schema, r.source, threads)
+        add("read", began)
+        if not table.num_rows or not (keyed or r.segment_all):
+            return _Placed(table, table.num_rows)
+        began = time.perf_counter()
+        if keyed:
+            parts = by_owner_parallel(table, r.keys, r.workers, share)
+        else:
+            parts = [table if dest == shard else table.slice(0, 0) for dest in range(r.workers)]
+        add("exchange", began)
+        began = time.perf_counter()
+        placed = _Placed(None, table.num_rows)
         for dest, part in enumerate(parts):
             if not part.num_rows:
                 continue
             if dest == shard and not r.segment_all:
-                staged.setdefault(r.txn, []).append((r.source, part))
+                placed.own = part
                 continue
-            name = f"{r.prefix}x{r.txn}-{shard}to{dest}-{secrets.token_hex(4)}"
-            segments.append([dest, name])
-            _written.setdefault(r.txn, []).append(name)
-            writes.append((name, part))
-        for _ in _map(lambda w: _write_segment(*w), writes, cores):
-            pass
+            if part.num_rows < SEGMENT_ROWS:
+                placed.held[dest] = part  # small: joins the others' in one segment at the end
+            else:
+                placed.segments.append([dest, segment(dest, part)])
+        add("write", began)
+        return placed
+
+    def segment(dest: int, part: pa.Table) -> str:
+        name = f"{r.prefix}x{r.txn}-{shard}to{dest}-{secrets.token_hex(4)}"
+        written.append(name)
+        _written.setdefault(r.txn, []).append(name)
+        _write_segment(name, part)
+        return name
+
+    left = [of_split.count(i) for i in range(len(r.splits))]
+
+    def unit_read(unit: int) -> None:
+        left[of_split[unit]] -= 1
+        if read_one is not None and not left[of_split[unit]]:
+            read_one(of_split[unit])
+
+    try:
+        placed = list(_map(place, units, cores, unit_read))
+        held: dict[int, list[pa.Table]] = {}
+        for p in placed:
+            for dest, part in p.held.items():
+                held.setdefault(dest, []).append(part)
+        joined = [(dest, pa.concat_tables(parts)) for dest, parts in sorted(held.items())]
+        names = _map(lambda w: segment(*w), joined, cores)
+        tail = [[dest, name] for (dest, _), name in zip(joined, names, strict=True)]
     except BaseException:
-        unlink([name for _, name in segments])
+        unlink(written)
         staged.pop(r.txn, None)
         raise
-    clock.lap("write")
-    return {"rows": rows, "segments": segments, "timings": clock.laps}
+    clock.lap("wall")
+    own = [p.own for p in placed if p.own is not None and p.own.num_rows]
+    if own:
+        staged.setdefault(r.txn, []).append(
+            (r.source, pa.concat_tables(own) if len(own) > 1 else own[0])
+        )
+    timings = {**clock.laps, **{k: round(v, 4) for k, v in spent.items()}}
+    return {
+        "rows": sum(p.rows for p in placed),
+        "segments": [seg for p in placed for seg in p.segments] + tail,
+        "timings": timings,
+    }
+
+
+@dataclass
+class _Placed:
+    """One unit's rows: those this worker keeps, and the segments it wrote for others."""
+
+    own: pa.Table | None
+    rows: int
+    segments: list[list[Any]] = field(default_factory=list)
+    held: dict[int, pa.Table] = field(default_factory=dict)
+    """Parts for other owners too small for a segment of their own (`SEGMENT_ROWS`)."""
+
+
+def _units(splits: list[FileSplit]) -> tuple[list[FileSplit], list[int]]:
+    """The splits as units read on a thread each (a Parquet split's row groups apart), and
+    the split each unit belongs to."""
+    units: list[FileSplit] = []
+    of_split: list[int] = []
+    for i, split in enumerate(splits):
+        if len(split.row_groups) > 1:
+            parts = [FileSplit(split.path, row_groups=[group]) for group in split.row_groups]
+        else:
+            parts = [split]
+        units.extend(parts)
+        of_split.extend([i] * len(parts))
+    return units, of_split
 
 
 def end(txn: int, aborted: bool) -> None:
@@ -170,7 +247,8 @@ def _map(
     finished: Callable[[int], None] | None = None,
 ) -> Iterator[_R]:
     """`map(fn, items)`, in order, on up to `cores` threads when there is more than one
-    item; `finished(i)` is called on the calling thread as item `i` is done."""
+    item; `finished(i)` is called on the calling thread as item `i` is done. Of several
+    failures, the first item's is raised (the first bad row group or line of a file)."""
     if cores < 2 or len(items) < 2:
         out = []
         for i, item in enumerate(items):
@@ -181,10 +259,9 @@ def _map(
     with ThreadPoolExecutor(min(cores, len(items))) as pool:
         futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
         for future in as_completed(futures):
-            future.result()  # the first failure is raised at once
-            if finished is not None:
+            if finished is not None and future.exception() is None:
                 finished(futures[future])
-        return iter([f.result() for f in futures])
+    return iter([f.result() for f in futures])  # the first failure in item order
 
 
 def _write_segment(name: str, table: pa.Table) -> None:

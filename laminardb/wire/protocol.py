@@ -164,7 +164,7 @@ class FileSplit(msgspec.Struct):
 
 class ReadFiles(msgspec.Struct, tag=True):
     """Read `splits`, cast them to `schema` (Arrow IPC schema bytes) and stage them under
-    `txn`: rows this worker owns directly, others in one /dev/shm segment per owner
+    `txn`: rows this worker owns directly, others in /dev/shm segments for their owners
     (named `prefix`...), listed in the reply for `StageSegments`. With `segment_all` (a
     logged load) this worker's own rows go to a segment too, so the coordinator can log
     every row before any is committed."""
