@@ -130,6 +130,8 @@ def cut(merge_sql: str, table: str, rows: pa.Table) -> pa.Table | None:
 def run(spec: Spec, partials: pa.Table) -> pa.Table | None:
     """The merged answer (columns `_o0`…), or None when pyarrow's answer could differ from
     the engine's (the caller then runs the SQL merge)."""
+    if _is_global(spec):
+        return _global(spec, partials)
     if spec.grouped:
         if any(pa.types.is_floating(partials.schema.field(k).type) for k in spec.keys):
             return None  # NaN and -0.0 grouping: left to the engine
@@ -151,6 +153,32 @@ def run(spec: Spec, partials: pa.Table) -> pa.Table | None:
         table = table.slice(start, spec.limit)
     columns = [table.column(_source(spec.grouped, out, i)) for i, out in enumerate(spec.outputs)]
     return pa.Table.from_arrays(columns, names=names)
+
+
+def _is_global(spec: Spec) -> bool:
+    """Whether `spec` is one global group of decomposable aggregates, nothing to sort or cut:
+    a millisecond query's merge, computed without the grouping machinery."""
+    return (
+        spec.grouped
+        and not spec.keys
+        and not spec.order
+        and spec.limit is None
+        and not spec.offset
+        and all(out[0] in _HASH_FUNCTION for out in spec.outputs)
+    )
+
+
+def _global(spec: Spec, partials: pa.Table) -> pa.Table | None:
+    """The one row of a global `_is_global` merge (None: a NaN in a MIN/MAX, see `_grouped`)."""
+    arrays = []
+    for kind, column in spec.outputs:
+        values = partials.column(column)
+        if kind in ("min", "max") and _has_nan(values):
+            return None
+        scalar = _SCALAR[_HASH_FUNCTION[kind]](values)
+        value = scalar.as_py()
+        arrays.append(pa.array([0 if kind == "count" and value is None else value], scalar.type))
+    return pa.Table.from_arrays(arrays, names=[f"_o{i}" for i in range(len(arrays))])
 
 
 def _sortable(typ: pa.DataType) -> bool:
