@@ -109,15 +109,16 @@ def _text_units(
 
 
 def _assign(units: list[tuple[FileSplit, int]], workers: int) -> list[list[FileSplit]]:
-    """Largest first onto the least loaded worker; a worker's pieces of one Parquet file merge."""
+    """Largest first onto the least loaded worker; Parquet row groups in contiguous runs, a
+    split each (a worker reads them at once, and reports each as it is read: progress)."""
     shares: list[list[FileSplit]] = [[] for _ in range(workers)]
     load = [0] * workers
     if units and all(u[0].row_groups for u in units):
         total = sum(w for _, w in units)
         before = 0
-        for unit, weight in units:  # contiguous runs: fewer, larger reads
+        for unit, weight in units:
             shard = min(workers - 1, before * workers // max(1, total))
-            _add_groups(shares[shard], unit)
+            shares[shard].append(unit)
             load[shard] += weight
             before += weight
         return shares
@@ -126,13 +127,6 @@ def _assign(units: list[tuple[FileSplit, int]], workers: int) -> list[list[FileS
         shares[shard].append(unit)
         load[shard] += weight
     return shares
-
-
-def _add_groups(share: list[FileSplit], unit: FileSplit) -> None:
-    if share and share[-1].path == unit.path:
-        share[-1].row_groups.extend(unit.row_groups)
-    else:
-        share.append(FileSplit(unit.path, row_groups=list(unit.row_groups)))
 
 
 def _line_bounds(path: str, size: int, pieces: int, quoted: bool) -> list[int]:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from files_support import COLUMNS, fresh, sample, write
 
@@ -42,6 +43,18 @@ def test_reports_climb_to_every_input_byte_then_commit(
     assert done == sorted(done)
     steps = [d for phase, d, _ in seen[1:] if phase == "read"]
     assert len(steps) >= 3 and len(set(steps)) == len(steps)  # a step for each split (files: 3)
+
+
+def test_one_parquet_file_steps_per_row_group(cluster: Any, tmp_path: Path) -> None:
+    """A worker reads a file's row groups at once and reports each: the bar of a single
+    Parquet file moves once per row group, not once per worker."""
+    path = write(sample(500), str(tmp_path / "one.parquet"), "parquet")
+    name = fresh("pg")
+    cluster.execute(f"CREATE SOURCE {name} ({COLUMNS}) PARTITION BY (device)")
+    seen: list[tuple[str, int, int]] = []
+    assert cluster.load(name, path, progress=lambda *r: seen.append(r)) == 500
+    steps = [d for phase, d, _ in seen[1:] if phase == "read"]
+    assert len(set(steps)) == len(steps) == pq.ParquetFile(path).num_row_groups >= 5
 
 
 def test_a_failing_watcher_does_not_fail_the_load(cluster: Any, tmp_path: Path) -> None:
