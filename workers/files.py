@@ -3,7 +3,7 @@ stage them; write this worker's part of a `COPY (query) TO 'folder/'`.
 
 `read_files` reads this worker's splits (laminardb/files/read.py: the checks of `insert`),
 keeps the rows it owns staged under the load's transaction, and writes the rows other workers
-own to Arrow IPC segments in /dev/shm (a large part of a unit gets one of its own, small parts
+own to Arrow IPC segments in /dev/shm (a large part of a split gets one of its own, small parts
 share one per owner; owner-only, named with the coordinator's prefix so its leak checks and
 stale sweep see them). The coordinator then asks each owner to
 `stage_segments`: it maps them, takes the rows and unlinks them. Rows never pass through the
@@ -46,7 +46,7 @@ MIN_RANGE_ROWS = 250_000
 """Rows below which a range is not worth a thread of its own in the exchange."""
 
 SEGMENT_ROWS = 65_536
-"""Rows below which a unit's part for another owner waits to share one segment with the
+"""Rows below which a split's part for another owner waits to share one segment with the
 other small parts for that owner (a load of many small files makes few segments)."""
 
 _T = TypeVar("_T")
@@ -59,19 +59,18 @@ def read_files(
     """Read, cast and place the rows of `r.splits`; returns rows read and segments written.
     `read_one(i)` is told, on this thread, as each split `i` is read (a load's progress).
 
-    Each unit (a Parquet row group, a text split) is read, cut by owner and its other
-    owners' rows written out on one thread, units at once: the cut and the writes of one
-    unit overlap the reads of others, and a worker's few row groups of a few columns each
+    Each split (a Parquet row group, a text piece) is read, cut by owner and its other
+    owners' rows written out on one thread, splits at once: the cut and the writes of one
+    split overlap the reads of others, and a worker's few row groups of a few columns each
     (Arrow reads a row group a column a thread) no longer leave its cores idle."""
     clock = _Clock()
     schema = pa.ipc.read_schema(pa.py_buffer(r.schema))
     opts = FileOptions(r.format, bool(r.options["header"]), str(r.options["delimiter"]))
     cores = pa.cpu_count()  # this worker's share of the cores (1: siblings use the rest)
-    units, of_split = _units(r.splits)
-    threads = len(units) < cores  # Arrow's threads too, when the units do not fill them
+    threads = len(r.splits) < cores  # Arrow's threads too, when the splits do not fill them
     keyed = bool(r.keys) and r.workers > 1
-    share = max(1, cores // max(1, len(units)))  # the cut's threads, a unit
-    written: list[str] = []  # by every unit's thread: unlinked if any unit fails
+    share = max(1, cores // max(1, len(r.splits)))  # the cut's threads, a split
+    written: list[str] = []  # by every split's thread: unlinked if any split fails
     spent = {"read": 0.0, "exchange": 0.0, "write": 0.0}  # thread seconds, for the DEBUG log
     lock = threading.Lock()
 
@@ -79,9 +78,9 @@ def read_files(
         with lock:
             spent[step] += time.perf_counter() - began
 
-    def place(unit: FileSplit) -> _Placed:
+    def place(split: FileSplit) -> _Placed:
         began = time.perf_counter()
-        table = read_split(unit, opts, schema, r.source, threads)
+        table = read_split(split, opts, schema, r.source, threads)
         add("read", began)
         if not table.num_rows or not (keyed or r.segment_all):
             return _Placed(table, table.num_rows)
@@ -113,15 +112,8 @@ def read_files(
         _write_segment(name, part)
         return name
 
-    left = [of_split.count(i) for i in range(len(r.splits))]
-
-    def unit_read(unit: int) -> None:
-        left[of_split[unit]] -= 1
-        if read_one is not None and not left[of_split[unit]]:
-            read_one(of_split[unit])
-
     try:
-        placed = list(_map(place, units, cores, unit_read))
+        placed = list(_map(place, r.splits, cores, read_one))
         held: dict[int, list[pa.Table]] = {}
         for p in placed:
             for dest, part in p.held.items():
@@ -149,28 +141,13 @@ def read_files(
 
 @dataclass
 class _Placed:
-    """One unit's rows: those this worker keeps, and the segments it wrote for others."""
+    """One split's rows: those this worker keeps, and the segments it wrote for others."""
 
     own: pa.Table | None
     rows: int
     segments: list[list[Any]] = field(default_factory=list)
     held: dict[int, pa.Table] = field(default_factory=dict)
     """Parts for other owners too small for a segment of their own (`SEGMENT_ROWS`)."""
-
-
-def _units(splits: list[FileSplit]) -> tuple[list[FileSplit], list[int]]:
-    """The splits as units read on a thread each (a Parquet split's row groups apart), and
-    the split each unit belongs to."""
-    units: list[FileSplit] = []
-    of_split: list[int] = []
-    for i, split in enumerate(splits):
-        if len(split.row_groups) > 1:
-            parts = [FileSplit(split.path, row_groups=[group]) for group in split.row_groups]
-        else:
-            parts = [split]
-        units.extend(parts)
-        of_split.extend([i] * len(parts))
-    return units, of_split
 
 
 def end(txn: int, aborted: bool) -> None:

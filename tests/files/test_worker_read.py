@@ -1,5 +1,5 @@
-"""The worker's side of a load without processes: its units (a Parquet row group, a text
-split) are read, cut by owner and written on threads at once; the rows, their owners,
+"""The worker's side of a load without processes: its splits (a Parquet row group, a text
+piece) are read, cut by owner and written on threads at once; the rows, their owners,
 the progress, the first error and the segments come out as if read one after another."""
 
 from __future__ import annotations
@@ -54,6 +54,11 @@ def _placed(reply: dict[str, Any], staged: files.Staged, txn: int, workers: int)
     return [pa.concat_tables(p).combine_chunks() if p else SCHEMA.empty_table() for p in parts]
 
 
+def _row_groups(path: str) -> list[FileSplit]:
+    """A split per row group of the Parquet file `path`, as the coordinator plans them."""
+    return [FileSplit(path, row_groups=[g]) for g in range(pq.ParquetFile(path).num_row_groups)]
+
+
 def _sorted(table: pa.Table) -> pa.Table:
     return table.sort_by([(name, "ascending") for name in ("ts", "n", "value")])
 
@@ -62,26 +67,22 @@ def _sorted(table: pa.Table) -> pa.Table:
 def test_row_groups_read_at_once_place_rows_as_one_pass_would(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, segment_rows: int
 ) -> None:
-    """Small parts for an owner share one segment; large ones get a segment a unit."""
+    """Small parts for an owner share one segment; large ones get a segment a split."""
     monkeypatch.setattr(files, "SEGMENT_ROWS", segment_rows)
     rows = sample(500)
     path = write(rows, str(tmp_path / "a.parquet"), "parquet")
     other = write(sample(100, seed=3), str(tmp_path / "b.parquet"), "parquet")
-    groups = pq.ParquetFile(path).num_row_groups
-    splits = [
-        FileSplit(path, row_groups=list(range(groups))),
-        FileSplit(other, row_groups=list(range(pq.ParquetFile(other).num_row_groups))),
-    ]
+    splits = _row_groups(path) + _row_groups(other)
     told: list[int] = []
     staged: files.Staged = {}
     reply = files.read_files(_request(path, splits, 7), 0, staged, told.append)
     assert reply["rows"] == 600
-    assert sorted(told) == [0, 1]  # each split once, when all its row groups are read
+    assert sorted(told) == list(range(len(splits)))  # each split once
     segments = reply["segments"]
     if segment_rows > 600:
         assert sorted(dest for dest, _ in segments) == [1, 2]
     else:
-        assert len(segments) > groups  # a segment per row group and owner
+        assert len(segments) > len(splits)  # a segment per row group and owner
     expected = files.by_owner(pa.concat_tables([rows, pq.read_table(other)]), ["device"], 3)
     for found, wanted in zip(_placed(reply, staged, 7, 3), expected, strict=True):
         # the same rows (a small part waits for the owner's last segment: order may differ)
@@ -98,10 +99,9 @@ def test_first_bad_row_group_named_and_nothing_left(
     values = [7] * 250 + [2**63 + 5] + [7] * 200 + [2**63 + 6] + [7] * 48
     rows = sample(500).set_column(2, "n", pa.array(values, pa.uint64()))
     path = write(rows, str(tmp_path / "bad.parquet"), "parquet")
-    split = FileSplit(path, row_groups=list(range(pq.ParquetFile(path).num_row_groups)))
     staged: files.Staged = {9: [("t", sample(1))]}
     with pytest.raises(SchemaError, match=r"at row 50.*bad\.parquet', row group 2\)"):
-        files.read_files(_request(path, [split], 9), 0, staged)
+        files.read_files(_request(path, _row_groups(path), 9), 0, staged)
     assert 9 not in staged
     assert not shm_of_ours()
 
