@@ -125,12 +125,19 @@ class Connection:
             request_timeout_s=request_timeout_s,
             broadcast_rows=broadcast_rows,
         )
+        # the planner's imports happen while the workers start, not in the first query
+        imports = threading.Thread(
+            target=statements.import_first_query_modules, name="laminardb-imports"
+        )
+        imports.start()
         try:
             self._cluster = Cluster(options)
         except BaseException:
             if self._durable is not None:
                 self._durable.close()
             raise
+        finally:
+            imports.join()
         self._lock = self._cluster.lock
         self._catalog = Catalog()
         self._router = RecoveringRouter(self._cluster, split_rows)

@@ -170,3 +170,24 @@ def test_thousands_of_engine_batches_never_hang_and_lose_nothing(
         ]
         # A consumed source keeps its last 2048 batches for queries, as one native instance does.
         assert db.sql("SELECT count(*) FROM watched").fetchall()[0][0] >= 2_048
+
+
+def test_open_imports_what_the_first_query_needs() -> None:
+    """The sqlglot dialect and Arrow's grouping engine (about 35 ms the first query paid)
+    are imported while the workers start; the thread that imports them is gone once
+    `open()` returns."""
+    script = textwrap.dedent(
+        """
+        import sys, threading, laminardb
+        from laminardb.plan import statements
+        wanted = statements.FIRST_QUERY_MODULES
+        assert not any(m in sys.modules for m in wanted)
+        with laminardb.open(workers=1):
+            loaded = all(m in sys.modules for m in wanted)
+            alive = any(t.name == "laminardb-imports" for t in threading.enumerate())
+            print(loaded, alive)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "False"]
