@@ -71,6 +71,7 @@ def read_files(
     keyed = bool(r.keys) and r.workers > 1
     share = max(1, cores // max(1, len(r.splits)))  # the cut's threads, a split
     written: list[str] = []  # by every split's thread: unlinked if any split fails
+    footers: dict[str, Any] = {}  # each Parquet file's footer, parsed once
     spent = {"read": 0.0, "exchange": 0.0, "write": 0.0}  # thread seconds, for the DEBUG log
     lock = threading.Lock()
 
@@ -80,7 +81,7 @@ def read_files(
 
     def place(split: FileSplit) -> _Placed:
         began = time.perf_counter()
-        table = read_split(split, opts, schema, r.source, threads)
+        table = read_split(split, opts, schema, r.source, threads, footers)
         add("read", began)
         if not table.num_rows or not (keyed or r.segment_all):
             return _Placed(table, table.num_rows)

@@ -32,6 +32,10 @@ _COUNT_STEP = 16 << 20
 MIN_SPLIT_BYTES = 1 << 20
 """A text file is cut only into pieces at least this big (smaller ones are not worth a worker)."""
 
+MIN_SPLIT_ROWS = 65_536
+"""Smaller Parquet row groups are read together, up to this many rows a split: a split costs
+a task, a reply message and (in each worker, once per file) a read of the file's footer."""
+
 
 def load_error(table: str, message: str) -> IngestionError:
     return IngestionError(
@@ -109,16 +113,25 @@ def _text_units(
 
 
 def _assign(units: list[tuple[FileSplit, int]], workers: int) -> list[list[FileSplit]]:
-    """Largest first onto the least loaded worker; Parquet row groups in contiguous runs, a
-    split each (a worker reads them at once, and reports each as it is read: progress)."""
+    """Largest first onto the least loaded worker; Parquet row groups in contiguous runs,
+    a split for each row group of at least `MIN_SPLIT_ROWS` rows and for each run of smaller
+    ones that reaches it (a worker reads its splits at once and reports each as it is read:
+    the load's progress)."""
     shares: list[list[FileSplit]] = [[] for _ in range(workers)]
     load = [0] * workers
     if units and all(u[0].row_groups for u in units):
         total = sum(w for _, w in units)
         before = 0
+        rows = [0] * workers  # rows in each worker's last split
         for unit, weight in units:
             shard = min(workers - 1, before * workers // max(1, total))
-            shares[shard].append(unit)
+            share = shares[shard]
+            if share and share[-1].path == unit.path and rows[shard] < MIN_SPLIT_ROWS:
+                share[-1].row_groups.extend(unit.row_groups)
+                rows[shard] += weight
+            else:
+                share.append(FileSplit(unit.path, row_groups=list(unit.row_groups)))
+                rows[shard] = weight
             load[shard] += weight
             before += weight
         return shares

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture(autouse=True)
 def small_splits(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(splits, "MIN_SPLIT_BYTES", 1)
+    monkeypatch.setattr(splits, "MIN_SPLIT_ROWS", 1)
 
 
 def _files(tmp_path: Path, fmt: str) -> tuple[str, int]:

@@ -16,6 +16,7 @@ import pytest
 from files_support import SCHEMA, sample, shm_of_ours, write
 
 from laminardb import SchemaError
+from laminardb.files import splits
 from laminardb.files.options import resolve
 from laminardb.files.read import read_split
 from laminardb.wire.arena import SHM_DIR
@@ -121,3 +122,44 @@ def test_text_splits_cut_at_once(tmp_path: Path) -> None:
     expected = files.by_owner(whole, ["device"], 2)
     for found, wanted in zip(_placed(reply, staged, 11, 2), expected, strict=True):
         assert found.equals(wanted.combine_chunks())
+
+
+def test_small_row_groups_are_read_together(tmp_path: Path) -> None:
+    """Row groups under `MIN_SPLIT_ROWS` join their neighbours (contiguous, each read
+    once): 4,000 row groups of 250 rows were 4,000 splits, each parsing the file's footer."""
+    path = str(tmp_path / "small.parquet")
+    pq.write_table(pa.table({"x": list(range(20_000))}), path, row_group_size=100)
+    opts = resolve(path, None, {})
+    shares = splits.plan([path], opts, 2, "t")
+    groups = [g for share in shares for split in share for g in split.row_groups]
+    assert groups == list(range(200))
+    for share in shares:
+        assert len(share) == 1  # 10,000 rows a worker: under one split's minimum
+    assert len(splits.plan([path], opts, 2, "t")[0]) == 1
+    big = str(tmp_path / "big.parquet")
+    pq.write_table(pa.table({"x": list(range(4 * splits.MIN_SPLIT_ROWS))}), big,
+                   row_group_size=splits.MIN_SPLIT_ROWS // 2)  # fmt: skip
+    sizes = [len(s.row_groups) for share in splits.plan([big], opts, 2, "t") for s in share]
+    assert sizes == [2, 2, 2, 2]
+
+
+def test_a_files_footer_is_parsed_once_per_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A footer grows with the row groups (1.2 MB, 11 ms to parse for 4,000): the worker's
+    splits of one file, read at once, parse it once between them."""
+    path = write(sample(500), str(tmp_path / "f.parquet"), "parquet")
+    request = _request(path, _row_groups(path), 13)
+    parsed: list[str] = []
+    real = pq.ParquetFile
+
+    def counting(source: str, metadata: Any = None, **kwargs: Any) -> Any:
+        if metadata is None:
+            parsed.append(source)
+        return real(source, metadata=metadata, **kwargs)
+
+    monkeypatch.setattr(pq, "ParquetFile", counting)
+    staged: files.Staged = {}
+    reply = files.read_files(request, 0, staged)
+    _placed(reply, staged, 13, 3)  # unlinks the segments
+    assert reply["rows"] == 500 and parsed == [path]
