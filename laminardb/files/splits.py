@@ -132,7 +132,6 @@ def _assign(units: list[tuple[FileSplit, int]], workers: int) -> list[list[FileS
             else:
                 share.append(FileSplit(unit.path, row_groups=list(unit.row_groups)))
                 rows[shard] = weight
-            load[shard] += weight
             before += weight
         return shares
     for unit, weight in sorted(units, key=lambda u: -u[1]):

@@ -175,10 +175,15 @@ def _global(spec: Spec, partials: pa.Table) -> pa.Table | None:
         values = partials.column(column)
         if kind in ("min", "max") and _has_nan(values):
             return None
-        scalar = _SCALAR[_HASH_FUNCTION[kind]](values)
-        value = scalar.as_py()
-        arrays.append(pa.array([0 if kind == "count" and value is None else value], scalar.type))
+        array = _aggregated(values, _HASH_FUNCTION[kind])
+        arrays.append(pc.fill_null(array, 0) if kind == "count" else array)
     return pa.Table.from_arrays(arrays, names=[f"_o{i}" for i in range(len(arrays))])
+
+
+def _aggregated(values: pa.ChunkedArray, function: str) -> pa.Array:
+    """`function` (a key of `_SCALAR`) over every value, as a one-row array."""
+    scalar = _SCALAR[function](values)
+    return pa.array([scalar.as_py()], scalar.type)
 
 
 def _sortable(typ: pa.DataType) -> bool:
@@ -250,8 +255,7 @@ def _grouped(spec: Spec, partials: pa.Table) -> pa.Table | None:
                 rows = pa.array([np.arange(partials.num_rows)], pa.list_(pa.int64()))
                 found[a] = pa.chunked_array([rows])
                 continue
-            scalar = _SCALAR[a[1]](partials.column(a[0]))
-            found[a[:2]] = pa.chunked_array([pa.array([scalar.as_py()], scalar.type)])
+            found[a[:2]] = pa.chunked_array([_aggregated(partials.column(a[0]), a[1])])
         done = pa.table({})
     columns: dict[str, pa.ChunkedArray | pa.Array] = {}
     for i, out in enumerate(spec.outputs):
