@@ -8,6 +8,7 @@ from typing import Any
 
 import psutil
 
+from laminardb.files import polars_read
 from laminardb.wire import arrow_ipc
 from workers.engine import Engine
 
@@ -66,6 +67,8 @@ def call(engine: Engine, method: str, args: list[Any]) -> tuple[Any, Any]:
         return [_fields(m, _SOURCE) for m in conn.all_source_metrics()], None
     if method == "all_stream_metrics":
         return [_fields(m, _STREAM) for m in conn.all_stream_metrics()], None
+    if method == "parquet_reader":  # which reader the next Parquet load uses (polars_read.py)
+        return ("polars" if polars_read.ready() is not None else "pyarrow"), None
     if method == "pipeline_watermark":
         return conn.pipeline_watermark, None
     if method == "watermark":

@@ -44,6 +44,11 @@ MODULES = (
 Not `workers.files` itself (a few ms once these are in): the request loop looks it up in
 `sys.modules`, where a module being imported appears before it is complete."""
 
+PARQUET_MODULES = ("polars",)
+"""Imported once the worker has served its first Parquet load, when it is quiet again: its
+later Parquet loads decode with polars (laminardb/files/polars_read.py). Not at start-up: a
+worker that never reads Parquet does not carry it (about 30 MB, 0.35 s to import)."""
+
 
 class Idle:
     """Whether the request loop waits for a request, and since when (set by the loop)."""

@@ -59,6 +59,7 @@ def run(spec: WorkerSpec) -> None:
     """Entry point of a spawned worker process."""
     if spec.engine_threads:
         os.environ["TOKIO_WORKER_THREADS"] = str(spec.engine_threads)
+        os.environ["POLARS_MAX_THREADS"] = str(spec.engine_threads)  # read at its import
     if spec.cpus and hasattr(os, "sched_setaffinity"):
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, set(spec.cpus))
@@ -110,13 +111,15 @@ class Server:
         self.pump = StreamPump(self.ctx, spec.data_endpoint, spec.shard)
         engine.streams = self.pump
         self.staged: dict[int, list[tuple[str, pa.Table]]] = {}
+        self.idle = preload.Idle()
+        self.parquet_seen = False
 
     def serve(self) -> None:
         self.pump.hello()
         hello = protocol.Hello(protocol.PROTOCOL_VERSION, self.spec.shard, os.getpid())
         self.sock.send(protocol.encode(hello))
         self.engine.warm_up()
-        idle = preload.Idle()  # file readers are imported while no request waits (issue 8)
+        idle = self.idle  # file readers are imported while no request waits (issue 8)
         preload.start(idle)
         try:
             while True:
@@ -190,6 +193,9 @@ class Server:
             if isinstance(r, protocol.WriteQuery):
                 return files.write_query(r, engine.query(r.sql)), None
             if isinstance(r, protocol.ReadFiles):
+                if r.format == "parquet" and not self.parquet_seen:
+                    self.parquet_seen = True  # later loads read with polars (polars_read.py)
+                    preload.start(self.idle, preload.PARQUET_MODULES)
                 rid = r.rid
 
                 def read(split: int) -> None:

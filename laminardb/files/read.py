@@ -17,6 +17,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from laminardb.api.errors import LaminarError
+from laminardb.files import polars_read
 from laminardb.files.options import FileOptions
 from laminardb.files.splits import load_error
 from laminardb.ingest import convert
@@ -97,6 +98,12 @@ def _parquet(
 
 
 def _row_groups(f: pq.ParquetFile, split: FileSplit, schema: pa.Schema, table: str) -> pa.Table:
+    fast = polars_read.read_row_groups(f, split.path, split.row_groups)
+    if fast is not None:
+        try:
+            return conform_table(fast, schema, table)
+        except LaminarError:
+            pass  # read again below, one row group at a time, to name the bad one
     parts = []
     for group in split.row_groups:
         where = f"file {split.path!r}, row group {group}"
