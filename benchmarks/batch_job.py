@@ -333,6 +333,9 @@ def main(
     chosen = [f.strip() for f in formats.split(",") if f.strip()]
     counts = [int(n) for n in workers.split(",") if n.strip()]
     results = run(rows, counts, chosen, repeat, keyed, logged)
+    for r in results:
+        if r["engine"].startswith("cluster") and r["format"] == "parquet":
+            r["parquet_reader"] = parquet_reader
     table = Table(title=f"batch job, {rows:,} rows, {os.cpu_count()} cores (best of {repeat})")
     columns = ("format", "engine", "load s", "load cpu s", "report s", "report cpu s")
     for column in (*columns, "total s", "native / engine"):
