@@ -16,6 +16,8 @@ import polars  # noqa: F401 - imported, as a worker's idle preloader imports it
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import laminardb
 from laminardb import SchemaError
@@ -189,3 +191,56 @@ def test_workers_read_with_polars_after_their_first_parquet_load(
 def _rows(table: pa.Table) -> list[str]:
     """The rows as a sorted list of reprs (NaN equals NaN, -0.0 differs from 0.0)."""
     return sorted(map(repr, zip(*(c.to_pylist() for c in table.columns), strict=True)))
+
+
+_KINDS: list[tuple[pa.DataType, st.SearchStrategy[Any]]] = [
+    (pa.int8(), st.integers(-(2**7), 2**7 - 1)),
+    (pa.int32(), st.integers(-(2**31), 2**31 - 1)),
+    (pa.int64(), st.integers(-(2**63), 2**63 - 1)),
+    (pa.uint16(), st.integers(0, 2**16 - 1)),
+    (pa.uint64(), st.integers(0, 2**64 - 1)),
+    (pa.float32(), st.floats(width=32)),
+    (pa.float64(), st.floats()),
+    (pa.bool_(), st.booleans()),
+    (pa.string(), st.text(max_size=20)),
+    (pa.large_string(), st.text(max_size=5)),
+    (pa.binary(), st.binary(max_size=10)),
+    (pa.date32(), st.dates()),
+    (pa.timestamp("ms"), st.datetimes(dt.datetime(1, 1, 1), dt.datetime(9999, 12, 31))),
+    (pa.timestamp("us", tz="UTC"), st.datetimes(timezones=st.just(UTC))),
+    (pa.timestamp("ns"), st.datetimes(dt.datetime(1678, 1, 1), dt.datetime(2262, 4, 11))),
+]
+
+
+@st.composite
+def _files(draw: st.DrawFn) -> tuple[pa.Table, int, list[int]]:
+    """A table of 1-4 columns of the types polars_read takes, the file's row group size, and
+    a run of consecutive row groups to read."""
+    kinds = draw(st.lists(st.sampled_from(_KINDS), min_size=1, max_size=4))
+    rows = draw(st.integers(1, 30))
+    columns = {
+        f"c{i}": pa.array(draw(st.lists(st.none() | values, min_size=rows, max_size=rows)), kind)
+        for i, (kind, values) in enumerate(kinds)
+    }
+    size = draw(st.integers(1, 12))
+    groups = -(-rows // size)
+    first = draw(st.integers(0, groups - 1))
+    last = draw(st.integers(first, groups - 1))
+    return pa.table(columns), size, list(range(first, last + 1))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=_files())
+def test_random_files_read_as_pyarrow_reads_them(
+    tmp_path_factory: pytest.TempPathFactory, case: tuple[pa.Table, int, list[int]]
+) -> None:
+    table, size, groups = case
+    path = str(tmp_path_factory.mktemp("random") / "f.parquet")
+    pq.write_table(table, path, row_group_size=size)
+    f = pq.ParquetFile(path)
+    found = polars_read.read_row_groups(f, path, groups)
+    assert found is not None, f"polars declined {table.schema}"
+    expected = _by_pyarrow(path, groups)
+    assert found.schema.equals(expected.schema, check_metadata=True)
+    for name in table.column_names:
+        assert repr(found.column(name).to_pylist()) == repr(expected.column(name).to_pylist())
