@@ -1,7 +1,7 @@
 """Parquet row groups decoded by polars, as pyarrow would have read them.
 
 polars decodes Parquet about twice as fast as pyarrow on one core (1M rows of the batch job's
-five columns: 65 against 96-124 ms, string columns most of the difference), and a keyed load
+five columns: 65-75 against 96-136 ms of CPU, string columns most of the difference), and a keyed load
 spends about half its time reading. So a worker reads a split with polars when the file holds
 only flat columns whose values the two readers agree on exactly; the table is then cast to
 the file's own Arrow schema (what `ParquetFile.read_row_group` returns: same types, names,
@@ -69,8 +69,8 @@ def read_row_groups(f: pq.ParquetFile, path: str, groups: Sequence[int]) -> pa.T
 
 def qualifies(f: pq.ParquetFile) -> bool:
     """Whether every column of `f` is flat, of a type both readers give the same values
-    for, and not stored as INT96 (legacy timestamps, whose overflow the readers treat
-    differently); and its footer is small (`MAX_FOOTER_BYTES`)."""
+    for, and not stored as INT96 (legacy timestamps: left to pyarrow, their conversion is
+    not checked against it here); and its footer is small (`MAX_FOOTER_BYTES`)."""
     if f.metadata.serialized_size > MAX_FOOTER_BYTES:
         return False
     if f.metadata.num_columns != len(f.schema_arrow):  # nested columns span several leaves
