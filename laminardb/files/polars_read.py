@@ -62,8 +62,8 @@ def read_row_groups(f: pq.ParquetFile, path: str, groups: Sequence[int]) -> pa.T
             pl.scan_parquet(path, glob=False, hive_partitioning=False).slice(offset, rows).collect()
         )
         data = frame.to_arrow(compat_level=pl.CompatLevel.oldest()).cast(f.schema_arrow)
-    except Exception:  # pyarrow reads it again and reports what is wrong
-        return None
+    except (Exception, pl.exceptions.PanicException):  # a panic is a BaseException
+        return None  # pyarrow reads it again and reports what is wrong
     return data if data.num_rows == rows else None
 
 

@@ -4,15 +4,17 @@ go to pyarrow, whose errors name the row group. Then a worker's later loads use 
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import math
+import random
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import polars  # noqa: F401 - imported, as a worker's idle preloader imports it
+import polars  # imported, as a worker's idle preloader imports it
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -128,6 +130,52 @@ def test_large_footers_gaps_a_missing_import_and_the_users_choice_go_to_pyarrow(
     assert polars_read.read_row_groups(f, path, [0]) is not None
     monkeypatch.setitem(sys.modules, "polars", None)  # not imported (yet)
     assert polars_read.read_row_groups(f, path, [0]) is None
+
+
+def test_a_polars_panic_goes_to_pyarrow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """polars reports a Rust panic as `PanicException`, a BaseException: caught too, or
+    a malformed file would end the worker's request loop."""
+    path = _write(tmp_path / "wide.parquet", WIDE)
+
+    def panic(*args: Any, **kwargs: Any) -> None:
+        raise polars.exceptions.PanicException("index out of bounds")
+
+    monkeypatch.setattr(polars, "scan_parquet", panic)
+    assert polars_read.read_row_groups(pq.ParquetFile(path), path, [0]) is None
+
+
+def test_damaged_files_read_as_pyarrow_reads_them_or_not_at_all(tmp_path: Path) -> None:
+    """Bytes overwritten in the data pages (the footer intact): where pyarrow fails, polars
+    must fail too (the load then reports pyarrow's error); where both read, the same rows.
+    Neither checks page checksums, so both may read damaged values alike."""
+    rows = 20_000
+    table = pa.table({"a": range(rows), "s": [f"x{i % 97}" for i in range(rows)]})
+    good = tmp_path / "good.parquet"
+    pq.write_table(table, str(good), row_group_size=5_000)
+    data = good.read_bytes()
+    rng = random.Random(7)
+    outcomes = collections.Counter()
+    for trial in range(60):
+        damaged = bytearray(data)
+        for _ in range(rng.randint(1, 12)):
+            damaged[rng.randrange(4, len(data) - 1_000)] = rng.randrange(256)
+        path = tmp_path / f"damaged{trial}.parquet"
+        path.write_bytes(bytes(damaged))
+        try:
+            f = pq.ParquetFile(str(path))
+        except (pa.ArrowException, OSError, EOFError, ValueError):
+            continue  # a damaged footer: the load fails before any split is read
+        try:
+            expected = _by_pyarrow(str(path), [1, 2])
+        except (pa.ArrowException, OSError, EOFError, ValueError):
+            expected = None
+        found = polars_read.read_row_groups(f, str(path), [1, 2])
+        if expected is None:
+            assert found is None, f"trial {trial}: polars read what pyarrow could not"
+        elif found is not None:
+            assert found.equals(expected), f"trial {trial}: the readers disagree"
+        outcomes[(expected is None, found is None)] += 1
+    assert outcomes[(True, True)] and outcomes[(False, False)], outcomes  # both kinds seen
 
 
 @pytest.mark.parametrize("name", ["k=1/part[0].parquet", "a*b?.parquet"])
