@@ -9,7 +9,6 @@ import datetime as dt
 import math
 import random
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,13 +21,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import laminardb
+from benchmarks.batch_job import parquet_reader
 from laminardb import SchemaError
 from laminardb.files import polars_read
 from laminardb.files.options import resolve
 from laminardb.files.read import read_split
-from laminardb.wire import protocol
 from laminardb.wire.protocol import FileSplit
-from workers import preload
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -205,11 +203,6 @@ def test_a_bad_value_is_still_named_by_row_group(tmp_path: Path) -> None:
     assert good.column("v").to_pylist() == list(range(20))
 
 
-def _readers(conn: Any) -> set[str]:
-    replies = conn._cluster.broadcast(lambda rid: protocol.Call(rid, "parquet_reader", []))
-    return {r.value for r in replies}
-
-
 @pytest.fixture
 def fresh() -> Iterator[Any]:
     conn = laminardb.open(":memory:", workers=2)
@@ -224,12 +217,9 @@ def test_workers_read_with_polars_after_their_first_parquet_load(
     columns = "i64 BIGINT, s VARCHAR, f64 DOUBLE, ts_s TIMESTAMP"
     fresh.execute(f"CREATE SOURCE first ({columns})")
     fresh.execute(f"CREATE SOURCE later ({columns})")
-    assert _readers(fresh) == {"pyarrow"}
+    assert parquet_reader(fresh, deadline_s=0) == "pyarrow"  # asked once, not waited for
     fresh.load("first", path)
-    deadline = time.monotonic() + 30
-    while _readers(fresh) != {"polars"}:  # imported in the background once idle
-        assert time.monotonic() < deadline, "the workers never imported polars"
-        time.sleep(2 * preload.FIRST_QUIET_S)  # asking keeps a worker busy: leave it idle
+    assert parquet_reader(fresh) == "polars"  # imported in the background once idle
     fresh.load("later", path)
     first, later = (fresh.sql(f"SELECT * FROM {name}").to_arrow() for name in ("first", "later"))
     assert later.schema == first.schema
