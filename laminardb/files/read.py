@@ -2,7 +2,8 @@
 
 CSV is parsed by Arrow with the options of `insert_csv` (empty field = NULL, true/false
 spellings, temporal columns parsed by the cast policy); JSON goes through `insert_json`'s
-converter; Parquet columns are cast like an Arrow `insert`. Any error is re-raised as the same
+converter; Parquet columns (decoded by polars where it gives what pyarrow gives, see
+`polars_read`) are cast like an Arrow `insert`. Any error is re-raised as the same
 class with the file named, and the line (CSV/JSON) or row group (Parquet) of the bad row.
 """
 

@@ -69,6 +69,14 @@ def _write(path: Path, table: pa.Table, **options: Any) -> str:
     return str(path)
 
 
+def _assert_same(found: pa.Table, expected: pa.Table) -> None:
+    """Same schema (metadata included) and the same values in the same order, compared by
+    repr: NaN equals NaN, -0.0 differs from 0.0."""
+    assert found.schema.equals(expected.schema, check_metadata=True)
+    for name in expected.column_names:
+        assert repr(found.column(name).to_pylist()) == repr(expected.column(name).to_pylist())
+
+
 def _by_pyarrow(path: str, groups: list[int]) -> pa.Table:
     f = pq.ParquetFile(path)
     return pa.concat_tables([f.read_row_group(g) for g in groups])
@@ -80,10 +88,8 @@ def test_rows_types_and_metadata_are_pyarrows(tmp_path: Path, groups: list[int])
     found = polars_read.read_row_groups(pq.ParquetFile(path), path, groups)
     assert found is not None, "the file qualifies: polars must have read it"
     expected = _by_pyarrow(path, groups)
-    assert found.schema.equals(expected.schema, check_metadata=True)
+    _assert_same(found, expected)
     assert found.num_rows == 10 * len(groups)
-    for name in WIDE.column_names:  # repr: NaN equals NaN, -0.0 differs from 0.0
-        assert repr(found.column(name).to_pylist()) == repr(expected.column(name).to_pylist())
 
 
 def test_a_required_column_stays_required(tmp_path: Path) -> None:
@@ -279,6 +285,4 @@ def test_random_files_read_as_pyarrow_reads_them(
     found = polars_read.read_row_groups(f, path, groups)
     assert found is not None, f"polars declined {table.schema}"
     expected = _by_pyarrow(path, groups)
-    assert found.schema.equals(expected.schema, check_metadata=True)
-    for name in table.column_names:
-        assert repr(found.column(name).to_pylist()) == repr(expected.column(name).to_pylist())
+    _assert_same(found, expected)
