@@ -92,6 +92,7 @@ def call(engine: Engine, method: str, args: list[Any]) -> tuple[Any, Any]:
             "batches_ingested": engine.batches_ingested,
             "rebuilds": engine.rebuilds,
             "started": engine.started,
+            "mirror_answers": engine.mirror.answers,
         }, None
     raise ValueError(f"unknown worker call {method!r}")
 

@@ -1,0 +1,282 @@
+"""Whole-source aggregates answered from the worker's mirror of its engine's batches
+(workers/trivial.py): the same answers as the engine, and a mirror that is exactly the
+engine's rows whenever it is kept."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import laminardb_native
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from workers import engine as engine_mod
+from workers import trivial
+from workers.engine import Engine
+
+pytestmark = pytest.mark.timeout(120)
+
+TYPES = {
+    "TINYINT": pa.int8(),
+    "SMALLINT": pa.int16(),
+    "INT": pa.int32(),
+    "BIGINT": pa.int64(),
+    "REAL": pa.float32(),
+    "DOUBLE": pa.float64(),
+}
+
+
+@pytest.mark.parametrize(
+    ("sql", "source", "items"),
+    [
+        ('SELECT count(*) AS "_a0", sum(v) AS "_a1" FROM t', "t", (("count", None), ("sum", "v"))),
+        (
+            "select COUNT(V), Min(k), MAX(k) from T;",
+            "t",
+            (("count", "v"), ("min", "k"), ("max", "k")),
+        ),
+        ('SELECT sum("My ""Col""") FROM "Src"', "Src", (("sum", 'My "Col"'),)),
+        ("  SELECT count( * ) FROM t  ", "t", (("count", None),)),
+    ],
+)
+def test_parse_takes_whole_source_aggregates(sql: str, source: str, items: tuple[Any, ...]) -> None:
+    assert trivial.parse(sql) == trivial.Aggregate(source, items)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT count(*) FROM t WHERE v > 0",
+        "SELECT g, count(*) FROM t GROUP BY g",
+        "SELECT count(DISTINCT v) FROM t",
+        "SELECT sum(*) FROM t",
+        "SELECT sum(v + 1) FROM t",
+        "SELECT avg(v) FROM t",
+        "SELECT sum(t.v) FROM t",
+        "SELECT count(*) FROM t, u",
+        "SELECT count(*) FROM t AS x",
+        "SELECT count(*) FROM (SELECT * FROM t)",
+        "SELECT count(*), v FROM t",
+        "SELECT count(*) FROM t LIMIT 1",
+        "SELECT count(*) FROM t; DROP SOURCE t",
+    ],
+)
+def test_parse_leaves_everything_else_to_the_engine(sql: str) -> None:
+    assert trivial.parse(sql) is None
+
+
+def _column(kind: str) -> st.SearchStrategy[Any]:
+    if kind in ("REAL", "DOUBLE"):
+        width = 32 if kind == "REAL" else 64
+        values = st.floats(width=width, allow_nan=False, allow_infinity=False) | st.sampled_from(
+            [0.0, -0.0, 1.5, -2.25]
+        )
+        return st.none() | values
+    bits = {"TINYINT": 8, "SMALLINT": 16, "INT": 32, "BIGINT": 64}[kind]
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return st.none() | st.integers(low, high) | st.sampled_from([low, high])
+
+
+@st.composite
+def cases(draw: Any) -> tuple[list[str], list[list[Any]], list[int], list[tuple[str, str | None]]]:
+    kinds = draw(st.lists(st.sampled_from(sorted(TYPES)), min_size=1, max_size=4))
+    rows = draw(st.integers(0, 40))
+    columns = [draw(st.lists(_column(k), min_size=rows, max_size=rows)) for k in kinds]
+    cuts = sorted(draw(st.lists(st.integers(0, rows), max_size=4)))
+    items = draw(
+        st.lists(
+            st.sampled_from(["count", "sum", "min", "max"]).flatmap(
+                lambda f: st.tuples(
+                    st.just(f), st.sampled_from([f"c{i}" for i in range(len(kinds))])
+                )
+            )
+            | st.just(("count", None)),
+            min_size=1,
+            max_size=6,
+        )
+    )
+    return kinds, columns, cuts, items
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+    return bool(a == b) and type(a) is type(b)
+
+
+@settings(max_examples=150, deadline=None)
+@given(cases())
+def test_answers_equal_the_engines(case: Any) -> None:
+    """Any mix of the aggregates over any rows and batching: the engine's answer (int sums
+    wrapping, NULL over no value), or None where the engine must answer (float min/max)."""
+    kinds, columns, cuts, items = case
+    names = [f"c{i}" for i in range(len(kinds))]
+    table = pa.table(
+        [pa.array(c, TYPES[k]) for c, k in zip(columns, kinds, strict=True)], names=names
+    )
+    bounds = [0, *cuts, table.num_rows]
+    batches = [b for a, z in itertools.pairwise(bounds) for b in table.slice(a, z - a).to_batches()]
+    selects = ", ".join(f"{f}({c or '*'}) AS a{i}" for i, (f, c) in enumerate(items))
+    sql = f"SELECT {selects} FROM t"
+    conn = laminardb_native.open(":memory:")
+    try:
+        conn.execute(
+            f"CREATE SOURCE t ({', '.join(f'{n} {k}' for n, k in zip(names, kinds, strict=True))})"
+        )
+        for batch in batches:
+            if batch.num_rows:
+                conn.insert("t", batch)
+        expected = conn.sql(sql).to_arrow()
+    finally:
+        conn.close()
+    aggregate = trivial.parse(sql)
+    assert aggregate is not None
+    mine = trivial.evaluate(aggregate, [b for b in batches if b.num_rows], expected.schema)
+    floats = {n for n, k in zip(names, kinds, strict=True) if k in ("REAL", "DOUBLE")}
+    if any(f in ("min", "max") and c in floats for f, c in items):
+        assert mine is None
+        return
+    assert mine is not None
+    assert mine.schema == expected.schema
+    for x, y in zip(mine.to_pylist()[0].values(), expected.to_pylist()[0].values(), strict=True):
+        assert _same(x, y), (x, y, sql)
+    assert trivial.agrees(mine, expected)
+
+
+def test_a_disagreement_is_seen() -> None:
+    schema = pa.schema([pa.field("n", pa.int64(), False), pa.field("s", pa.float64())])
+    one = pa.table({"n": [3], "s": [1.0]}, schema=schema)
+    assert trivial.agrees(one, one)
+    assert not trivial.agrees(one, pa.table({"n": [4], "s": [1.0]}, schema=schema))
+    assert not trivial.agrees(one, pa.table({"n": [3], "s": [1.001]}, schema=schema))
+    assert not trivial.agrees(one, one.cast(pa.schema([("n", pa.int64()), ("s", pa.float64())])))
+
+
+def _rows(table: pa.Table) -> list[tuple[Any, ...]]:
+    return sorted(tuple(map(str, r.values())) for r in table.to_pylist())
+
+
+def _assert_mirror_exact(e: Engine) -> None:
+    """Every source the mirror keeps holds exactly the engine's rows."""
+    for name, batches in e.mirror.batches.items():
+        if batches is None:
+            continue
+        engine_rows = e.query(f"SELECT * FROM {name}")
+        mirrored = pa.Table.from_batches(batches, schema=engine_rows.schema)
+        assert _rows(mirrored) == _rows(engine_rows), name
+
+
+def _ints(n: int, start: int = 0) -> pa.Table:
+    return pa.table({"a": pa.array(range(start, start + n), pa.int64())})
+
+
+def test_the_mirror_follows_every_change_of_the_engine(monkeypatch: Any) -> None:
+    """Inserts, compactions, a rebuild, ALTER, streams and DROP: where the mirror is kept it
+    is the engine's rows, and aggregates are answered from it once the engine agreed."""
+    monkeypatch.setattr(engine_mod, "COMPACT_AFTER", 5)
+    e = Engine(threads=2)
+    sql = 'SELECT count(*) AS "_a0", sum(a) AS "_a1", max(a) AS "_a2" FROM t'
+    try:
+        e.execute("CREATE SOURCE t (a BIGINT)", "CREATE_SOURCE", "t")
+        e.execute("CREATE SOURCE u (a BIGINT)", "CREATE_SOURCE", "u")
+        assert e.mirror.batches == {"t": [], "u": []}
+        for i in range(12):  # compacts `t` more than once
+            e.insert("t", _ints(7, i * 7))
+            e.insert("u", _ints(3))
+            _assert_mirror_exact(e)
+        assert e.query_checked(sql).to_pylist() == [{"_a0": 84, "_a1": sum(range(84)), "_a2": 83}]
+        assert e.mirror.answers == 0  # the first answer is the engine's, and teaches the schema
+        assert e.query_checked(sql).equals(e.query(sql))
+        assert e.mirror.answers == 1
+        e.insert("t", _ints(1, 1000))
+        assert e.query_checked(sql).to_pylist() == [
+            {"_a0": 85, "_a1": sum(range(84)) + 1000, "_a2": 1000}
+        ]
+        assert e.mirror.answers == 2
+
+        e.rebuild()
+        _assert_mirror_exact(e)
+        e.insert("t", _ints(2, 5000))
+        _assert_mirror_exact(e)
+        assert e.query_checked(sql).equals(e.query(sql))
+        assert e.mirror.answers == 3
+
+        e.execute("ALTER SOURCE t ADD COLUMN z INT", "ALTER", "t")
+        assert e.mirror.batches["t"] is None
+        assert e.query_checked(sql).equals(e.query(sql))
+        assert e.mirror.answers == 3
+
+        e.execute("DROP SOURCE u", "DROP", "u")
+        assert "u" not in e.mirror.batches
+        e.execute("CREATE SOURCE u (a BIGINT)", "CREATE_SOURCE", "u")
+        e.insert("u", _ints(4))
+        _assert_mirror_exact(e)
+        assert e.mirror.batches["u"] is not None
+
+        # The engine links a stream to every source (its topology): none is mirrored then.
+        e.execute("CREATE STREAM s AS SELECT a FROM u", "CREATE_STREAM", "s")
+        assert "u" in e.streamed
+        assert all(e.mirror.batches[name] is None for name in e.streamed & e.sources.keys())
+        e.start()
+        e.insert("u", _ints(2))
+        u_sql = "SELECT count(*) AS n FROM u"
+        assert e.query_checked(u_sql).equals(e.query(u_sql))
+        assert e.query_checked(u_sql).to_pylist() == [{"n": 6}]
+        assert e.mirror.answers == 3
+    finally:
+        e.close()
+
+
+def test_a_query_the_engine_answers_otherwise_stays_with_the_engine() -> None:
+    """Were the mirror ever to disagree with the engine, the engine's answer wins, now and
+    for every later run of that SQL."""
+    e = Engine()
+    sql = "SELECT count(*) AS n FROM t"
+    try:
+        e.execute("CREATE SOURCE t (a BIGINT)", "CREATE_SOURCE", "t")
+        e.insert("t", _ints(10))
+        mirrored = e.mirror.batches["t"]
+        assert mirrored is not None
+        mirrored.append(pa.record_batch({"a": pa.array([1], pa.int64())}))  # a forged row
+        assert e.query_checked(sql).to_pylist() == [{"n": 10}]
+        assert e.query_checked(sql).to_pylist() == [{"n": 10}]
+        assert e.mirror.answers == 0
+    finally:
+        e.close()
+
+
+def test_the_cluster_answers_from_the_mirror_as_native_does() -> None:
+    """End to end: two workers answer a global count/sum from their mirrors, equal to one
+    native instance, and stop once a stream reads the source."""
+    import laminardb
+
+    schema = pa.schema([("k", pa.int64()), ("v", pa.float64()), ("g", pa.int32())])
+    rows = pa.Table.from_pylist([{"k": i, "v": i * 0.5, "g": i % 3} for i in range(2000)], schema)
+    native = laminardb_native.open(":memory:")
+    db = laminardb.open(":memory:", workers=2)
+    sql = "SELECT count(*), sum(v), min(k), max(g), count(v) FROM t"
+    try:
+        for conn in (native, db):
+            conn.execute(
+                "CREATE SOURCE t (k BIGINT, v DOUBLE, g INT)"
+                + (" PARTITION BY (k)" if conn is db else "")
+            )
+            conn.insert("t", rows.slice(0, 1500))
+            conn.insert("t", rows.slice(1500))
+        for _ in range(3):
+            assert db.sql(sql).to_arrow().equals(native.sql(sql).to_arrow())
+        assert sum(s["mirror_answers"] for s in db._broadcast_call("stats", [])) >= 4
+        db.execute("CREATE STREAM s AS SELECT k, v FROM t")
+        native.execute("CREATE STREAM s AS SELECT k, v FROM t")
+        before = sum(s["mirror_answers"] for s in db._broadcast_call("stats", []))
+        for conn in (native, db):
+            conn.insert("t", rows.slice(0, 10))
+        assert db.sql(sql).to_arrow().equals(native.sql(sql).to_arrow())
+        assert sum(s["mirror_answers"] for s in db._broadcast_call("stats", [])) == before
+    finally:
+        db.close()
+        native.close()

@@ -1,0 +1,194 @@
+"""Whole-source aggregates answered from the batches the worker handed its engine (issue 3).
+
+The coordinator sends every worker of a global two-phase aggregate SQL such as
+`SELECT count(*) AS "_a0", sum(v) AS "_a1" FROM t`. The engine spends about a millisecond
+planning any query, whatever the rows (`SELECT 1` costs 0.4 to 0.5 ms, `count(*), sum(v)`
+over 1,000 rows 0.9 to 1.1 ms), and that cost does not split across workers: it was most of
+a distributed count/sum. The rows of a source that no stream reads are exactly the batches
+the worker inserted (the engine keeps them zero-copy and drops none, `workers/engine.py`),
+so counts, sums, minima and maxima over all of them are a few pyarrow kernels on those same
+buffers.
+
+Only what pyarrow computes as the engine does is taken: `count(*)`, `count(col)`, `sum` of
+integer and floating columns (int64 sums wrap as the engine's do; a float32 column is summed
+as float64, as the engine does), and `min`/`max` of integer columns (floats are left to the
+engine: NaN orders differently). No WHERE, GROUP BY, DISTINCT or expression: anything else
+is not matched and goes to the engine. The answer takes the schema of the engine's own
+answer to the same SQL (`Mirror`), and a query whose first engine answer disagrees with
+this one is never answered here.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+_IDENT = r'(?:[A-Za-z_][A-Za-z0-9_]*|"(?:[^"]|"")+")'
+_ITEM = rf"(count|sum|min|max)\s*\(\s*(\*|{_IDENT})\s*\)(?:\s+AS\s+{_IDENT})?"
+_ITEM_RE = re.compile(_ITEM, re.IGNORECASE)
+_QUERY_RE = re.compile(
+    rf"\s*SELECT\s+((?:{_ITEM})(?:\s*,\s*{_ITEM})*)\s+FROM\s+(?P<source>{_IDENT})\s*;?\s*",
+    re.IGNORECASE,
+)
+
+MAX_CACHED = 256
+"""Distinct SQL texts whose engine schema (or refusal) a worker remembers."""
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """A query this module can answer: aggregates over every row of one source."""
+
+    source: str
+    items: tuple[tuple[str, str | None], ...]
+    """(function, column) in output order; the column is None for `count(*)`."""
+
+
+def _name(ident: str) -> str:
+    """The name an identifier refers to: quoted as written, unquoted folded to lower case
+    (as the engine folds it)."""
+    if ident.startswith('"'):
+        return ident[1:-1].replace('""', '"')
+    return ident.lower()
+
+
+@lru_cache(maxsize=MAX_CACHED)
+def parse(sql: str) -> Aggregate | None:
+    """The aggregate `sql` asks for, or None when it is anything else."""
+    match = _QUERY_RE.fullmatch(sql)
+    if match is None:
+        return None
+    items: list[tuple[str, str | None]] = []
+    for item in _ITEM_RE.finditer(match.group(1)):
+        function, argument = item.group(1).lower(), item.group(2)
+        if argument == "*":
+            if function != "count":
+                return None
+            items.append((function, None))
+        else:
+            items.append((function, _name(argument)))
+    return Aggregate(_name(match.group("source")), tuple(items))
+
+
+def _column(batches: list[pa.RecordBatch], name: str) -> pa.ChunkedArray | None:
+    if not batches or batches[0].schema.get_field_index(name) < 0:
+        return None
+    return pa.chunked_array([b.column(name) for b in batches], batches[0].schema.field(name).type)
+
+
+def _sum(values: pa.ChunkedArray) -> pa.Scalar | None:
+    """The engine's sum: int64 (uint64) wrapping on overflow, float64 for floats, NULL
+    over no value. numpy adds a chunk without NULLs in half pyarrow's time."""
+    kind = values.type
+    if pa.types.is_float16(kind):
+        return None
+    wide = (
+        pa.float64()
+        if pa.types.is_floating(kind)
+        else pa.uint64()
+        if pa.types.is_unsigned_integer(kind)
+        else pa.int64()
+    )
+    if len(values) == values.null_count:
+        return pa.scalar(None, wide)
+    dtype = wide.to_pandas_dtype()
+    sums = [
+        np.sum(chunk.to_numpy(zero_copy_only=True), dtype=dtype)
+        if chunk.null_count == 0
+        else pc.sum(chunk.cast(wide)).as_py() or 0
+        for chunk in values.chunks
+    ]
+    # an array's sum wraps in int64 as the engine's does (Python's int would not)
+    return pa.scalar(np.array(sums, dtype=dtype).sum(dtype=dtype).item(), wide)
+
+
+def _value(
+    function: str, column: str | None, batches: list[pa.RecordBatch], rows: int
+) -> pa.Scalar | int | None:
+    """One aggregate's value, or None when it is not computed here (the engine answers)."""
+    if column is None:
+        return rows
+    if not batches:
+        return 0 if function == "count" else pa.scalar(None)
+    values = _column(batches, column)
+    if values is None:
+        return None  # unknown column: the engine's error says which
+    kind = values.type
+    if function == "count":
+        return len(values) - values.null_count
+    if function == "sum":
+        if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+            return _sum(values)
+        return None
+    if pa.types.is_integer(kind):
+        return pc.min_max(values)[function]
+    return None
+
+
+def evaluate(
+    aggregate: Aggregate, batches: list[pa.RecordBatch], schema: pa.Schema
+) -> pa.Table | None:
+    """The answer to `aggregate` over `batches` in the engine's `schema`, or None when some
+    part of it is left to the engine."""
+    if len(schema) != len(aggregate.items):
+        return None
+    rows = sum(b.num_rows for b in batches)
+    arrays = []
+    for (function, column), target in zip(aggregate.items, schema, strict=True):
+        value = _value(function, column, batches, rows)
+        if value is None:
+            return None
+        scalar = value if isinstance(value, pa.Scalar) else pa.scalar(value, pa.int64())
+        try:
+            arrays.append(pa.array([scalar.as_py()], scalar.type).cast(target.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return None
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def agrees(mine: pa.Table, engine: pa.Table) -> bool:
+    """Whether two one-row answers hold the same values (floats to 1e-9 relative: the
+    engine and pyarrow add in different orders)."""
+    if mine.schema != engine.schema or mine.num_rows != engine.num_rows:
+        return False
+    for a, b in zip(mine.to_pylist(), engine.to_pylist(), strict=True):
+        for x, y in zip(a.values(), b.values(), strict=True):
+            if isinstance(x, float) and isinstance(y, float):
+                if not (x == y or math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)):
+                    return False
+            elif x != y:
+                return False
+    return True
+
+
+@dataclass
+class Mirror:
+    """The batches handed to the engine for each source whose rows they are exactly, and
+    the engine's schema for each aggregate SQL already answered (None: left to the engine)."""
+
+    batches: dict[str, list[pa.RecordBatch] | None] = field(default_factory=dict)
+    schemas: dict[str, pa.Schema | None] = field(default_factory=dict)
+    answers: int = 0
+    """Queries answered here (the worker's `stats`)."""
+
+    def answer(self, sql: str) -> tuple[Aggregate, list[pa.RecordBatch], pa.Schema | None] | None:
+        """What is needed to answer `sql` here: the aggregate, the rows, and the schema
+        (None until the engine has answered `sql` once); None when the engine must."""
+        aggregate = parse(sql)
+        if aggregate is None:
+            return None
+        batches = self.batches.get(aggregate.source)
+        if batches is None or (sql in self.schemas and self.schemas[sql] is None):
+            return None
+        return aggregate, batches, self.schemas.get(sql)
+
+    def learn(self, sql: str, schema: pa.Schema | None) -> None:
+        if len(self.schemas) >= MAX_CACHED:
+            self.schemas.clear()
+        self.schemas[sql] = schema
