@@ -30,7 +30,7 @@ import laminardb_native as native
 import pyarrow as pa
 
 from laminardb.wire import protocol
-from workers import trivial
+from workers.mirror import Mirror
 
 if TYPE_CHECKING:
     from workers.streams import StreamPump
@@ -136,9 +136,9 @@ class Engine:
     """Sources a stream reads: their batches are never cut (`spread`). Once the pipeline
     runs, the engine keeps a source's last 2048 batches for queries; one batch per shipment
     keeps at least the rows one native instance would keep."""
-    mirror: trivial.Mirror = field(default_factory=trivial.Mirror)
+    mirror: Mirror = field(default_factory=Mirror)
     """The batches of each source no stream reads, as handed to the engine, which keeps
-    exactly these: whole-source aggregates are answered from them (workers/trivial.py)."""
+    exactly these: some queries are answered from them (workers/mirror.py)."""
 
     def execute(self, sql: str, kind: str, name: str | None) -> dict[str, Any]:
         """Run one statement and keep the DDL log and the source states in step with it."""
@@ -274,22 +274,8 @@ class Engine:
 
     def query_checked(self, sql: str) -> pa.Table:
         """`query`, with an empty answer that hides a swallowed run-time error marked so
-        (`checked`); a whole-source aggregate from the mirrored batches where it can be
-        (workers/trivial.py), once the engine's answer to the same SQL agreed."""
-        found = self.mirror.answer(sql)
-        if found is None:
-            return checked(self.query, sql)
-        aggregate, batches, schema = found
-        if schema is not None:
-            mine = trivial.evaluate(aggregate, batches, schema)
-            if mine is not None:
-                self.mirror.answers += 1
-                return mine
-        table = checked(self.query, sql)
-        mine = trivial.evaluate(aggregate, batches, table.schema)
-        agreed = mine is not None and trivial.agrees(mine, table)
-        self.mirror.learn(sql, table.schema if agreed else None)
-        return table
+        (`checked`); from the mirrored batches where they answer it (workers/mirror.py)."""
+        return self.mirror.query(sql, lambda: checked(self.query, sql))
 
     def rebuild(self) -> None:
         """A fresh, started engine with the same catalog and retained rows (`_insert_whole`)."""

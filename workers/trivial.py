@@ -1,28 +1,19 @@
-"""Whole-source aggregates answered from the batches the worker handed its engine (issue 3).
+"""Whole-source aggregates answered from a worker's mirror of its engine's batches
+(`workers/mirror.py`): `SELECT count(*) AS "_a0", sum(v) AS "_a1" FROM t`, which the
+coordinator sends every worker of a global two-phase aggregate.
 
-The coordinator sends every worker of a global two-phase aggregate SQL such as
-`SELECT count(*) AS "_a0", sum(v) AS "_a1" FROM t`. The engine spends about a millisecond
-planning any query, whatever the rows (`SELECT 1` costs 0.4 to 0.5 ms, `count(*), sum(v)`
-over 1,000 rows 0.9 to 1.1 ms), and that cost does not split across workers: it was most of
-a distributed count/sum. The rows of a source that no stream reads are exactly the batches
-the worker inserted (the engine keeps them zero-copy and drops none, `workers/engine.py`),
-so counts, sums, minima and maxima over all of them are a few pyarrow kernels on those same
-buffers.
-
-Only what pyarrow computes as the engine does is taken: `count(*)`, `count(col)`, `sum` of
-integer and floating columns (int64 sums wrap as the engine's do; a float32 column is summed
+Only what numpy and pyarrow compute as the engine does is taken: `count(*)`, `count(col)`,
+`sum` of integer and floating columns (int64 sums wrap as the engine's do; float32 is summed
 as float64, as the engine does), and `min`/`max` of integer columns (floats are left to the
 engine: NaN orders differently). No WHERE, GROUP BY, DISTINCT or expression: anything else
-is not matched and goes to the engine. The answer takes the schema of the engine's own
-answer to the same SQL (`Mirror`), and a query whose first engine answer disagrees with
-this one is never answered here.
+is not matched and goes to the engine.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -38,7 +29,7 @@ _QUERY_RE = re.compile(
 )
 
 MAX_CACHED = 256
-"""Distinct SQL texts whose engine schema (or refusal) a worker remembers."""
+"""Distinct SQL texts parsed and remembered."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +39,14 @@ class Aggregate:
     source: str
     items: tuple[tuple[str, str | None], ...]
     """(function, column) in output order; the column is None for `count(*)`."""
+    shape: str = ""
+    """The SQL: its answer's schema is learnt from the engine once (`Mirror`)."""
+
+    def evaluate(self, batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.Table | None:
+        return evaluate(self, batches, schema)
+
+    def agrees(self, mine: pa.Table, engine: pa.Table) -> bool:
+        return agrees(mine, engine)
 
 
 def _name(ident: str) -> str:
@@ -73,7 +72,7 @@ def parse(sql: str) -> Aggregate | None:
             items.append((function, None))
         else:
             items.append((function, _name(argument)))
-    return Aggregate(_name(match.group("source")), tuple(items))
+    return Aggregate(_name(match.group("source")), tuple(items), sql)
 
 
 def _column(batches: list[pa.RecordBatch], name: str) -> pa.ChunkedArray | None:
@@ -98,14 +97,15 @@ def _sum(values: pa.ChunkedArray) -> pa.Scalar | None:
     if len(values) == values.null_count:
         return pa.scalar(None, wide)
     dtype = wide.to_pandas_dtype()
-    sums = [
-        np.sum(chunk.to_numpy(zero_copy_only=True), dtype=dtype)
-        if chunk.null_count == 0
-        else pc.sum(chunk.cast(wide)).as_py() or 0
-        for chunk in values.chunks
-    ]
-    # an array's sum wraps in int64 as the engine's does (Python's int would not)
-    return pa.scalar(np.array(sums, dtype=dtype).sum(dtype=dtype).item(), wide)
+    with np.errstate(over="ignore"):  # a float sum past the range is inf, as the engine's
+        sums = [
+            np.sum(chunk.to_numpy(zero_copy_only=True), dtype=dtype)
+            if chunk.null_count == 0
+            else pc.sum(chunk.cast(wide)).as_py() or 0
+            for chunk in values.chunks
+        ]
+        # an array's sum wraps in int64 as the engine's does (Python's int would not)
+        return pa.scalar(np.array(sums, dtype=dtype).sum(dtype=dtype).item(), wide)
 
 
 def _value(
@@ -131,12 +131,31 @@ def _value(
     return None
 
 
+def _supported(aggregate: Aggregate, batches: list[pa.RecordBatch]) -> bool:
+    """Whether every part is computed here (checked before any is computed)."""
+    if not batches:
+        return True
+    schema = batches[0].schema
+    for function, column in aggregate.items:
+        if column is None or function == "count":
+            continue
+        index = schema.get_field_index(column)
+        if index < 0:
+            return False  # unknown column: the engine's error says which
+        kind = schema.field(index).type
+        if not pa.types.is_integer(kind) and not (
+            function == "sum" and pa.types.is_floating(kind) and not pa.types.is_float16(kind)
+        ):
+            return False
+    return True
+
+
 def evaluate(
     aggregate: Aggregate, batches: list[pa.RecordBatch], schema: pa.Schema
 ) -> pa.Table | None:
     """The answer to `aggregate` over `batches` in the engine's `schema`, or None when some
     part of it is left to the engine."""
-    if len(schema) != len(aggregate.items):
+    if len(schema) != len(aggregate.items) or not _supported(aggregate, batches):
         return None
     rows = sum(b.num_rows for b in batches)
     arrays = []
@@ -165,30 +184,3 @@ def agrees(mine: pa.Table, engine: pa.Table) -> bool:
             elif x != y:
                 return False
     return True
-
-
-@dataclass
-class Mirror:
-    """The batches handed to the engine for each source whose rows they are exactly, and
-    the engine's schema for each aggregate SQL already answered (None: left to the engine)."""
-
-    batches: dict[str, list[pa.RecordBatch] | None] = field(default_factory=dict)
-    schemas: dict[str, pa.Schema | None] = field(default_factory=dict)
-    answers: int = 0
-    """Queries answered here (the worker's `stats`)."""
-
-    def answer(self, sql: str) -> tuple[Aggregate, list[pa.RecordBatch], pa.Schema | None] | None:
-        """What is needed to answer `sql` here: the aggregate, the rows, and the schema
-        (None until the engine has answered `sql` once); None when the engine must."""
-        aggregate = parse(sql)
-        if aggregate is None:
-            return None
-        batches = self.batches.get(aggregate.source)
-        if batches is None or (sql in self.schemas and self.schemas[sql] is None):
-            return None
-        return aggregate, batches, self.schemas.get(sql)
-
-    def learn(self, sql: str, schema: pa.Schema | None) -> None:
-        if len(self.schemas) >= MAX_CACHED:
-            self.schemas.clear()
-        self.schemas[sql] = schema
