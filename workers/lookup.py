@@ -20,17 +20,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from workers.trivial import MAX_CACHED, _name
+from workers.trivial import IDENT, MAX_CACHED, ident_name
 
-_IDENT = r'(?:[A-Za-z_][A-Za-z0-9_]*|"(?:[^"]|"")+")'
 _LITERAL = r"(?:-?[0-9]+|'(?:[^']|'')*')"
 _LOOKUP_RE = re.compile(
-    rf"\s*SELECT\s+(?P<columns>\*|{_IDENT}(?:\s*,\s*{_IDENT})*)\s+FROM\s+(?P<source>{_IDENT})"
-    rf"\s+WHERE\s+(?P<key>{_IDENT})\s*(?:=\s*(?P<one>{_LITERAL})"
+    rf"\s*SELECT\s+(?P<columns>\*|{IDENT}(?:\s*,\s*{IDENT})*)\s+FROM\s+(?P<source>{IDENT})"
+    rf"\s+WHERE\s+(?P<key>{IDENT})\s*(?:=\s*(?P<one>{_LITERAL})"
     rf"|IN\s*\(\s*(?P<many>{_LITERAL}(?:\s*,\s*{_LITERAL})*)\s*\))\s*;?\s*",
     re.IGNORECASE,
 )
-_IDENT_RE = re.compile(_IDENT)
+_IDENT_RE = re.compile(IDENT)
 _LITERAL_RE = re.compile(_LITERAL)
 
 
@@ -118,10 +117,14 @@ def parse(sql: str) -> Lookup | None:
         return None
     columns = match.group("columns")
     names = (
-        None if columns == "*" else tuple(_name(m.group(0)) for m in _IDENT_RE.finditer(columns))
+        None
+        if columns == "*"
+        else tuple(ident_name(m.group(0)) for m in _IDENT_RE.finditer(columns))
     )
     group = "one" if match.group("one") is not None else "many"
     literals = tuple(_value(m.group(0)) for m in _LITERAL_RE.finditer(match.group(group)))
     start, end = match.span(group)
     shape = f"{sql[:start]}?{'' if group == 'one' else '*'}{sql[end:]}"
-    return Lookup(_name(match.group("source")), names, _name(match.group("key")), literals, shape)
+    return Lookup(
+        ident_name(match.group("source")), names, ident_name(match.group("key")), literals, shape
+    )

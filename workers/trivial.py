@@ -20,11 +20,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-_IDENT = r'(?:[A-Za-z_][A-Za-z0-9_]*|"(?:[^"]|"")+")'
-_ITEM = rf"(count|sum|min|max)\s*\(\s*(\*|{_IDENT})\s*\)(?:\s+AS\s+{_IDENT})?"
+IDENT = r'(?:[A-Za-z_][A-Za-z0-9_]*|"(?:[^"]|"")+")'
+"""A SQL identifier, plain or double-quoted."""
+_ITEM = rf"(count|sum|min|max)\s*\(\s*(\*|{IDENT})\s*\)(?:\s+AS\s+{IDENT})?"
 _ITEM_RE = re.compile(_ITEM, re.IGNORECASE)
 _QUERY_RE = re.compile(
-    rf"\s*SELECT\s+((?:{_ITEM})(?:\s*,\s*{_ITEM})*)\s+FROM\s+(?P<source>{_IDENT})\s*;?\s*",
+    rf"\s*SELECT\s+((?:{_ITEM})(?:\s*,\s*{_ITEM})*)\s+FROM\s+(?P<source>{IDENT})\s*;?\s*",
     re.IGNORECASE,
 )
 
@@ -49,7 +50,7 @@ class Aggregate:
         return agrees(mine, engine)
 
 
-def _name(ident: str) -> str:
+def ident_name(ident: str) -> str:
     """The name an identifier refers to: quoted as written, unquoted folded to lower case
     (as the engine folds it)."""
     if ident.startswith('"'):
@@ -71,8 +72,8 @@ def parse(sql: str) -> Aggregate | None:
                 return None
             items.append((function, None))
         else:
-            items.append((function, _name(argument)))
-    return Aggregate(_name(match.group("source")), tuple(items), sql)
+            items.append((function, ident_name(argument)))
+    return Aggregate(ident_name(match.group("source")), tuple(items), sql)
 
 
 def _column(batches: list[pa.RecordBatch], name: str) -> pa.ChunkedArray | None:
