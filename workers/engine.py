@@ -30,7 +30,7 @@ import laminardb_native as native
 import pyarrow as pa
 
 from laminardb.wire import protocol
-from workers.mirror import Mirror
+from workers.mirror.batches import Mirror
 
 if TYPE_CHECKING:
     from workers.streams import StreamPump
@@ -138,7 +138,7 @@ class Engine:
     keeps at least the rows one native instance would keep."""
     mirror: Mirror = field(default_factory=Mirror)
     """The batches of each source no stream reads, as handed to the engine, which keeps
-    exactly these: some queries are answered from them (workers/mirror.py)."""
+    exactly these: some queries are answered from them (workers/mirror/)."""
 
     def execute(self, sql: str, kind: str, name: str | None) -> dict[str, Any]:
         """Run one statement and keep the DDL log and the source states in step with it."""
@@ -274,7 +274,7 @@ class Engine:
 
     def query_checked(self, sql: str) -> pa.Table:
         """`query`, with an empty answer that hides a swallowed run-time error marked so
-        (`checked`); from the mirrored batches where they answer it (workers/mirror.py)."""
+        (`checked`); from the mirrored batches where they answer it (workers/mirror/)."""
         return self.mirror.query(sql, lambda: checked(self.query, sql))
 
     def rebuild(self) -> None:

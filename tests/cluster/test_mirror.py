@@ -1,5 +1,5 @@
-"""Queries answered from the worker's mirror of its engine's batches (workers/mirror.py):
-whole-source aggregates (workers/trivial.py) and key lookups (workers/lookup.py) give the
+"""Queries answered from the worker's mirror of its engine's batches (workers/mirror/):
+whole-source aggregates (aggregates.py) and key lookups (lookups.py) give the
 engine's answers, and the mirror is exactly the engine's rows whenever it is kept."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from workers import engine as engine_mod
-from workers import lookup, trivial
 from workers.engine import Engine
+from workers.mirror import aggregates, lookups
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -44,7 +44,7 @@ TYPES = {
     ],
 )
 def test_parse_takes_whole_source_aggregates(sql: str, source: str, items: tuple[Any, ...]) -> None:
-    found = trivial.parse(sql)
+    found = aggregates.parse(sql)
     assert found is not None
     assert (found.source, found.items) == (source, items)
 
@@ -68,7 +68,7 @@ def test_parse_takes_whole_source_aggregates(sql: str, source: str, items: tuple
     ],
 )
 def test_parse_leaves_everything_else_to_the_engine(sql: str) -> None:
-    assert trivial.parse(sql) is None
+    assert aggregates.parse(sql) is None
 
 
 def _column(kind: str) -> st.SearchStrategy[Any]:
@@ -135,9 +135,9 @@ def test_answers_equal_the_engines(case: Any) -> None:
         expected = conn.sql(sql).to_arrow()
     finally:
         conn.close()
-    aggregate = trivial.parse(sql)
+    aggregate = aggregates.parse(sql)
     assert aggregate is not None
-    mine = trivial.evaluate(aggregate, [b for b in batches if b.num_rows], expected.schema)
+    mine = aggregates.evaluate(aggregate, [b for b in batches if b.num_rows], expected.schema)
     floats = {n for n, k in zip(names, kinds, strict=True) if k in ("REAL", "DOUBLE")}
     if any(f in ("min", "max") and c in floats for f, c in items) and table.num_rows:
         assert mine is None
@@ -146,16 +146,16 @@ def test_answers_equal_the_engines(case: Any) -> None:
     assert mine.schema == expected.schema
     for x, y in zip(mine.to_pylist()[0].values(), expected.to_pylist()[0].values(), strict=True):
         assert _same(x, y), (x, y, sql)
-    assert trivial.agrees(mine, expected)
+    assert aggregates.agrees(mine, expected)
 
 
 def test_a_disagreement_is_seen() -> None:
     schema = pa.schema([pa.field("n", pa.int64(), False), pa.field("s", pa.float64())])
     one = pa.table({"n": [3], "s": [1.0]}, schema=schema)
-    assert trivial.agrees(one, one)
-    assert not trivial.agrees(one, pa.table({"n": [4], "s": [1.0]}, schema=schema))
-    assert not trivial.agrees(one, pa.table({"n": [3], "s": [1.001]}, schema=schema))
-    assert not trivial.agrees(one, one.cast(pa.schema([("n", pa.int64()), ("s", pa.float64())])))
+    assert aggregates.agrees(one, one)
+    assert not aggregates.agrees(one, pa.table({"n": [4], "s": [1.0]}, schema=schema))
+    assert not aggregates.agrees(one, pa.table({"n": [3], "s": [1.001]}, schema=schema))
+    assert not aggregates.agrees(one, one.cast(pa.schema([("n", pa.int64()), ("s", pa.float64())])))
 
 
 @pytest.mark.parametrize(
@@ -170,18 +170,18 @@ def test_a_disagreement_is_seen() -> None:
 def test_parse_takes_key_lookups(
     sql: str, columns: tuple[str, ...] | None, key: str, values: tuple[Any, ...]
 ) -> None:
-    found = lookup.parse(sql)
+    found = lookups.parse(sql)
     assert found is not None
     assert (found.source, found.columns, found.key, found.values) == ("t", columns, key, values)
 
 
 def test_lookups_of_one_shape_share_it() -> None:
     one, other = (
-        lookup.parse("SELECT * FROM t WHERE id = 1"),
-        lookup.parse("SELECT * FROM t WHERE id = 22"),
+        lookups.parse("SELECT * FROM t WHERE id = 1"),
+        lookups.parse("SELECT * FROM t WHERE id = 22"),
     )
     assert one is not None and other is not None and one.shape == other.shape
-    many = lookup.parse("SELECT * FROM t WHERE id IN (1, 2)")
+    many = lookups.parse("SELECT * FROM t WHERE id IN (1, 2)")
     assert many is not None and many.shape != one.shape
 
 
@@ -205,7 +205,7 @@ def test_lookups_of_one_shape_share_it() -> None:
     ],
 )
 def test_parse_leaves_other_filters_to_the_engine(sql: str) -> None:
-    assert lookup.parse(sql) is None
+    assert lookups.parse(sql) is None
 
 
 KEY_TYPES = {"TINYINT": pa.int8(), "INT": pa.int32(), "BIGINT": pa.int64(), "VARCHAR": pa.string()}
@@ -251,7 +251,7 @@ def test_lookups_equal_the_engines(
             expected = None  # a comparison the engine refuses: the mirror must not answer
     finally:
         conn.close()
-    plan = lookup.parse(sql)
+    plan = lookups.parse(sql)
     assert plan is not None
     schema = expected.schema if expected is not None else pa.schema([("k", KEY_TYPES[kind])])
     mine = plan.evaluate(batches, schema)

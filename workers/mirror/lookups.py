@@ -1,4 +1,4 @@
-"""Key lookups answered from a worker's mirror of its engine's batches (`workers/mirror.py`):
+"""Key lookups answered from a worker's mirror of its engine's batches (`workers/mirror/batches.py`):
 `SELECT * FROM t WHERE id = 424242`, or a column list and an IN-list, which the coordinator
 routes to the one worker that owns the key.
 
@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from workers.trivial import IDENT, MAX_CACHED, ident_name
+from workers.mirror.aggregates import IDENT, MAX_CACHED, ident_name
 
 _LITERAL = r"(?:-?[0-9]+|'(?:[^']|'')*')"
 _LOOKUP_RE = re.compile(

@@ -6,8 +6,7 @@ not split across workers: it was most of a distributed global count/sum and of a
 lookup. The rows of a source that no stream reads are exactly the batches the worker
 inserted: the engine keeps them zero-copy, and the worker compacts a source long before the
 engine would drop any (`workers/engine.py`). So two shapes of query are answered from those
-same buffers: whole-source aggregates (`workers/trivial.py`) and key lookups
-(`workers/lookup.py`).
+same buffers: whole-source aggregates (`aggregates.py`) and key lookups (`lookups.py`).
 
 The first query of each shape is the engine's: its answer gives the schema (names, types,
 nullability) every later answer of that shape takes, and is compared with what the mirror
@@ -22,7 +21,7 @@ from typing import Protocol
 
 import pyarrow as pa
 
-from workers import lookup, trivial
+from workers.mirror import aggregates, lookups
 
 
 class Plan(Protocol):
@@ -41,7 +40,7 @@ class Plan(Protocol):
 
 def parse(sql: str) -> Plan | None:
     """What `sql` asks of the mirror, or None when only the engine can answer it."""
-    return trivial.parse(sql) or lookup.parse(sql)
+    return aggregates.parse(sql) or lookups.parse(sql)
 
 
 MAX_SHAPES = 256

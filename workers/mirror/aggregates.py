@@ -1,5 +1,5 @@
 """Whole-source aggregates answered from a worker's mirror of its engine's batches
-(`workers/mirror.py`): `SELECT count(*) AS "_a0", sum(v) AS "_a1" FROM t`, which the
+(`workers/mirror/batches.py`): `SELECT count(*) AS "_a0", sum(v) AS "_a1" FROM t`, which the
 coordinator sends every worker of a global two-phase aggregate.
 
 Only what numpy and pyarrow compute as the engine does is taken: `count(*)`, `count(col)`,
