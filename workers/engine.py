@@ -159,13 +159,17 @@ class Engine:
             if name not in self.sources or "REPLACE" in sql.upper().split("SOURCE", 1)[0]:
                 self.sources[name] = SourceState(sql)
                 mirrored[name] = []
+                self.mirror.forget(name)
         elif kind == "ALTER" and name is not None and name in self.sources:
             self.sources[name].alters.append(sql)
             mirrored[name] = None  # rows of an older schema: left to the engine
+            self.mirror.forget(name)
         elif kind == "DROP":
             present = {s.name for s in self.conn.sources()}
             self.sources = {n: st for n, st in self.sources.items() if n in present}
             self.mirror.batches = {n: b for n, b in mirrored.items() if n in present}
+            for gone in set(mirrored) - present:
+                self.mirror.forget(gone)
         if kind in ("CREATE_STREAM", "CREATE_MATERIALIZED_VIEW", "CREATE_SINK", "DROP"):
             self.streamed = {edge.from_node for edge in self.conn.topology().edges}
             for source in self.streamed & self.sources.keys():

@@ -343,6 +343,33 @@ def test_the_mirror_follows_every_change_of_the_engine(monkeypatch: Any) -> None
         e.close()
 
 
+def test_a_source_made_again_with_other_types_is_learnt_again() -> None:
+    """A shape learnt over a DOUBLE column answers with the new types once the source is
+    dropped and made again with a BIGINT one (and once altered, by the engine)."""
+    e = Engine()
+    sums = 'SELECT count(*) AS "_a0", sum(v) AS "_a1" FROM t'
+    lookup_sql = "SELECT * FROM t WHERE k = 1"
+    try:
+        for ddl, v in (
+            ("CREATE SOURCE t (k BIGINT, v DOUBLE)", pa.float64()),
+            ("CREATE SOURCE t (k BIGINT, v BIGINT)", pa.int64()),
+        ):
+            e.execute("DROP SOURCE IF EXISTS t", "DROP", "t")
+            e.execute(ddl, "CREATE_SOURCE", "t")
+            e.insert("t", pa.table({"k": pa.array([1, 2], pa.int64()), "v": pa.array([3, 4], v)}))
+            for _ in range(2):  # the engine's answer, then the mirror's
+                for sql in (sums, lookup_sql):
+                    assert e.query_checked(sql).equals(e.query(sql)), (ddl, sql)
+        assert e.mirror.answers == 4
+        e.execute("CREATE OR REPLACE SOURCE t (k VARCHAR, v DOUBLE)", "CREATE_SOURCE", "t")
+        e.insert("t", pa.table({"k": pa.array(["1"]), "v": pa.array([7.5])}))
+        for _ in range(2):
+            assert e.query_checked(sums).equals(e.query(sums))
+        assert e.query_checked(sums).to_pylist() == [{"_a0": 1, "_a1": 7.5}]
+    finally:
+        e.close()
+
+
 def test_a_query_the_engine_answers_otherwise_stays_with_the_engine() -> None:
     """Were the mirror ever to disagree with the engine, the engine's answer wins, now and
     for every later run of that SQL."""

@@ -50,11 +50,11 @@ MAX_SHAPES = 256
 @dataclass
 class Mirror:
     """The batches handed to the engine for each source whose rows they are exactly (None
-    where they are not), and the engine's schema for each shape already answered (None: a
-    shape the engine answered otherwise)."""
+    where they are not), and per source the engine's schema for each shape already answered
+    (None: a shape the engine answered otherwise)."""
 
     batches: dict[str, list[pa.RecordBatch] | None] = field(default_factory=dict)
-    schemas: dict[str, pa.Schema | None] = field(default_factory=dict)
+    schemas: dict[str, dict[str, pa.Schema | None]] = field(default_factory=dict)
     answers: int = 0
     """Queries answered here (the worker's `stats`)."""
 
@@ -64,8 +64,9 @@ class Mirror:
         batches = None if plan is None else self.batches.get(plan.source)
         if plan is None or batches is None:
             return engine()
-        if plan.shape in self.schemas:
-            schema = self.schemas[plan.shape]
+        learnt = self.schemas.setdefault(plan.source, {})
+        if plan.shape in learnt:
+            schema = learnt[plan.shape]
             mine = None if schema is None else plan.evaluate(batches, schema)
             if mine is not None:
                 self.answers += 1
@@ -74,7 +75,12 @@ class Mirror:
         table = engine()
         mine = plan.evaluate(batches, table.schema)
         if mine is not None:  # None: this query is not one the mirror answers; learn nothing
-            if len(self.schemas) >= MAX_SHAPES:
-                self.schemas.clear()
-            self.schemas[plan.shape] = table.schema if plan.agrees(mine, table) else None
+            if len(learnt) >= MAX_SHAPES:
+                learnt.clear()
+            learnt[plan.shape] = table.schema if plan.agrees(mine, table) else None
         return table
+
+    def forget(self, source: str) -> None:
+        """`source` was created again, altered or dropped: what its answers looked like is
+        learnt again (a column's type may have changed)."""
+        self.schemas.pop(source, None)
