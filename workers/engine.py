@@ -162,7 +162,8 @@ class Engine:
                 self.mirror.forget(name)
         elif kind == "ALTER" and name is not None and name in self.sources:
             self.sources[name].alters.append(sql)
-            mirrored[name] = None  # rows of an older schema: left to the engine
+            # The engine shows no row inserted after an ALTER (nor native): left to it.
+            mirrored[name] = None
             self.mirror.forget(name)
         elif kind == "DROP":
             present = {s.name for s in self.conn.sources()}
@@ -238,7 +239,8 @@ class Engine:
             self.conn.execute(alter)
         self.writers.pop(source, None)
         state.batches = 0
-        self.mirror.batches[source] = []
+        if not state.alters:  # an altered source is never mirrored (see `execute`)
+            self.mirror.batches[source] = []
         if retained.num_rows:
             state.batches = self._insert_whole(self.conn, source, retained)
         log.info(
@@ -297,7 +299,7 @@ class Engine:
         replayed_at = time.monotonic()
         for name, table in retained.items():
             self.sources[name].batches = 0
-            if name not in self.streamed:
+            if name not in self.streamed and not self.sources[name].alters:
                 self.mirror.batches[name] = []  # the engine holds exactly what is re-inserted
             if table.num_rows:
                 self.sources[name].batches = self._insert_whole(fresh, name, table)
