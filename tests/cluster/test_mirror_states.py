@@ -1,5 +1,5 @@
 """The worker's mirror under any sequence of what can happen to its engine (hypothesis
-state machine): inserts of every size, compactions, rebuilds, ALTER, DROP and CREATE again,
+state machine): inserts of every size and in pieces, the pipeline started, rebuilds, ALTER, DROP and CREATE again,
 streams. After each step every mirrored source holds exactly the engine's rows, and the
 aggregates and lookups the mirror answers equal the engine's."""
 
@@ -51,6 +51,7 @@ class MirrorMachine(RuleBasedStateMachine):
         self.patch = pytest.MonkeyPatch()
         self.patch.setattr(engine_mod, "COMPACT_AFTER", 6)
         self.patch.setattr(engine_mod, "SPREAD_ROWS", 4)
+        self.patch.setattr(engine_mod, "KEEP_CHUNKS_ROWS", 4)  # a load's pieces kept as they are
         self.engine = Engine(threads=2)
         self.kinds = {s: "DOUBLE" for s in SOURCES}
         self.next_key = 0
@@ -79,6 +80,15 @@ class MirrorMachine(RuleBasedStateMachine):
     @rule(source=st.sampled_from(SOURCES), rows=st.integers(1, 40), nulls=st.booleans())
     def insert(self, source: str, rows: int, nulls: bool) -> None:
         self.engine.insert(source, self._table(source, rows, nulls))
+
+    @rule(source=st.sampled_from(SOURCES), pieces=st.integers(2, 4), rows=st.integers(4, 12))
+    def insert_pieces(self, source: str, pieces: int, rows: int) -> None:
+        parts = [self._table(source, rows, nulls=False) for _ in range(pieces)]
+        self.engine.insert(source, pa.concat_tables(parts))
+
+    @rule()
+    def start(self) -> None:
+        self.engine.start()
 
     @rule(source=st.sampled_from(SOURCES))
     def compact(self, source: str) -> None:
