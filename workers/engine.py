@@ -30,7 +30,7 @@ import laminardb_native as native
 import pyarrow as pa
 
 from laminardb.wire import protocol
-from workers.mirror.batches import Mirror
+from workers.mirror.batches import Mirror, inserts_only
 
 if TYPE_CHECKING:
     from workers.streams import StreamPump
@@ -158,7 +158,7 @@ class Engine:
         if kind == "CREATE_SOURCE" and name is not None:
             if name not in self.sources or "REPLACE" in sql.upper().split("SOURCE", 1)[0]:
                 self.sources[name] = SourceState(sql)
-                mirrored[name] = []
+                mirrored[name] = [] if self._mirrorable(name) else None
                 self.mirror.forget(name)
         elif kind == "ALTER" and name is not None and name in self.sources:
             self.sources[name].alters.append(sql)
@@ -239,12 +239,25 @@ class Engine:
             self.conn.execute(alter)
         self.writers.pop(source, None)
         state.batches = 0
-        if not state.alters:  # an altered source is never mirrored (see `execute`)
+        if self._mirrorable(source):
             self.mirror.batches[source] = []
         if retained.num_rows:
             state.batches = self._insert_whole(self.conn, source, retained)
         log.info(
             "source %s compacted to %d batches (%d rows)", source, state.batches, retained.num_rows
+        )
+
+    def _mirrorable(self, name: str) -> bool:
+        """Whether the engine's rows of source `name` are exactly the batches inserted: no
+        stream reads it (the pipeline consumes what it reads), it was never altered (the
+        engine shows no row inserted after an ALTER, nor does native) and no connector feeds
+        it."""
+        state = self.sources.get(name)
+        return (
+            state is not None
+            and name not in self.streamed
+            and not state.alters
+            and inserts_only(state.create_sql)
         )
 
     def _insert_whole(self, conn: Any, source: str, table: pa.Table) -> int:
@@ -299,7 +312,7 @@ class Engine:
         replayed_at = time.monotonic()
         for name, table in retained.items():
             self.sources[name].batches = 0
-            if name not in self.streamed and not self.sources[name].alters:
+            if self._mirrorable(name):
                 self.mirror.batches[name] = []  # the engine holds exactly what is re-inserted
             if table.num_rows:
                 self.sources[name].batches = self._insert_whole(fresh, name, table)

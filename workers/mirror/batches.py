@@ -43,6 +43,27 @@ def parse(sql: str) -> Plan | None:
     return aggregates.parse(sql) or lookups.parse(sql)
 
 
+def inserts_only(create_sql: str) -> bool:
+    """Whether `CREATE SOURCE name (columns)` has nothing after its column list: a `WITH`
+    or `FROM` there may name a connector (Kafka, CDC, Delta Lake, ...) that feeds the
+    source rows the worker never inserted."""
+    depth = 0
+    quote = ""
+    for i, char in enumerate(create_sql):
+        if quote:
+            if char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                return not create_sql[i + 1 :].strip().rstrip(";").strip()
+    return False
+
+
 MAX_SHAPES = 256
 """Shapes whose engine schema (or refusal) a worker remembers."""
 
