@@ -137,8 +137,8 @@ class Engine:
     runs, the engine keeps a source's last 2048 batches for queries; one batch per shipment
     keeps at least the rows one native instance would keep."""
     mirror: Mirror = field(default_factory=Mirror)
-    """The batches of each source no stream reads, as handed to the engine, which keeps
-    exactly these: some queries are answered from them (workers/mirror/)."""
+    """The batches of each source whose engine rows are exactly those (`_mirrorable`), as
+    handed to the engine: some queries are answered from them (workers/mirror/)."""
 
     def execute(self, sql: str, kind: str, name: str | None) -> dict[str, Any]:
         """Run one statement and keep the DDL log and the source states in step with it."""
