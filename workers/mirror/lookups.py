@@ -51,9 +51,10 @@ class Lookup:
     """The SQL with its literals taken out: every lookup of this shape has one schema."""
 
     def evaluate(self, batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.Table | None:
-        """The rows in the engine's `schema`, or None when the engine must answer."""
+        """The rows in the engine's `schema`, or None when the engine must answer (also
+        over no batch: nothing then tells whether the literals fit the column's type)."""
         if not batches:
-            return schema.empty_table()
+            return None
         source_schema = batches[0].schema
         index = source_schema.get_field_index(self.key)
         if index < 0:
