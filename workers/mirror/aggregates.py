@@ -76,18 +76,14 @@ def parse(sql: str) -> Aggregate | None:
     return Aggregate(ident_name(match.group("source")), tuple(items), sql)
 
 
-def _column(batches: list[pa.RecordBatch], name: str) -> pa.ChunkedArray | None:
-    if not batches or batches[0].schema.get_field_index(name) < 0:
-        return None
+def _column(batches: list[pa.RecordBatch], name: str) -> pa.ChunkedArray:
     return pa.chunked_array([b.column(name) for b in batches], batches[0].schema.field(name).type)
 
 
-def _sum(values: pa.ChunkedArray) -> pa.Scalar | None:
+def _sum(values: pa.ChunkedArray) -> pa.Scalar:
     """The engine's sum: int64 (uint64) wrapping on overflow, float64 for floats, NULL
     over no value. numpy adds a chunk without NULLs in half pyarrow's time."""
     kind = values.type
-    if pa.types.is_float16(kind):
-        return None
     wide = (
         pa.float64()
         if pa.types.is_floating(kind)
@@ -111,42 +107,36 @@ def _sum(values: pa.ChunkedArray) -> pa.Scalar | None:
 
 def _value(
     function: str, column: str | None, batches: list[pa.RecordBatch], rows: int
-) -> pa.Scalar | int | None:
-    """One aggregate's value, or None when it is not computed here (the engine answers)."""
+) -> pa.Scalar | int:
+    """One aggregate's value (`_supported` has checked that it is computed here)."""
     if column is None:
         return rows
     if not batches:
         return 0 if function == "count" else pa.scalar(None)
     values = _column(batches, column)
-    if values is None:
-        return None  # unknown column: the engine's error says which
-    kind = values.type
     if function == "count":
         return len(values) - values.null_count
     if function == "sum":
-        if pa.types.is_integer(kind) or pa.types.is_floating(kind):
-            return _sum(values)
-        return None
-    if pa.types.is_integer(kind):
-        return pc.min_max(values)[function]
-    return None
+        return _sum(values)
+    return pc.min_max(values)[function]
 
 
 def _supported(aggregate: Aggregate, batches: list[pa.RecordBatch]) -> bool:
-    """Whether every part is computed here (checked before any is computed)."""
+    """Whether every part is computed here: each column exists (else the engine's error
+    says which), `sum` is over integers or REAL/DOUBLE, `min`/`max` over integers."""
     if not batches:
         return True
     schema = batches[0].schema
     for function, column in aggregate.items:
-        if column is None or function == "count":
+        if column is None:
             continue
         index = schema.get_field_index(column)
         if index < 0:
-            return False  # unknown column: the engine's error says which
+            return False
         kind = schema.field(index).type
-        if not pa.types.is_integer(kind) and not (
-            function == "sum" and pa.types.is_floating(kind) and not pa.types.is_float16(kind)
-        ):
+        if function == "count" or pa.types.is_integer(kind):
+            continue
+        if not (function == "sum" and pa.types.is_floating(kind) and not pa.types.is_float16(kind)):
             return False
     return True
 
@@ -162,8 +152,6 @@ def evaluate(
     arrays = []
     for (function, column), target in zip(aggregate.items, schema, strict=True):
         value = _value(function, column, batches, rows)
-        if value is None:
-            return None
         scalar = value if isinstance(value, pa.Scalar) else pa.scalar(value, pa.int64())
         try:
             arrays.append(pa.array([scalar.as_py()], scalar.type).cast(target.type))
