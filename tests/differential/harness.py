@@ -739,8 +739,13 @@ def check_file(
     check_types: bool = True,
     partitioning: str = "",
     workers: int | None = None,
+    repeat: int = 1,
 ) -> FileReport:
     """Load `doc` on both sides, run the (selected) queries on both and compare.
+
+    `repeat`: how many times the cluster runs each query, every answer compared. A later run
+    can take another path than the first: what the workers learnt from their engines'
+    first answer (`workers/mirror/`), a plan's learnt gather (`plan/ranks.py`).
 
     `expected`: the single instance's outcomes computed earlier (`single_outcomes`); then
     `single` is not touched and may be None. This is how the tests reuse one native run per
@@ -782,10 +787,14 @@ def check_file(
             report.drift.append(
                 f"{query['id']}: {mine.row_count} rows, corpus says {query['single_rows']}"
             )
-        theirs = run_query(cluster, query["sql"])
-        report.cluster_seconds += theirs.seconds
+        found = None
+        for _ in range(repeat):
+            theirs = run_query(cluster, query["sql"])
+            report.cluster_seconds += theirs.seconds
+            found = found or compare_outcomes(
+                mine, theirs, bool(query.get("ordered")), check_types=check_types
+            )
         report.checked.append(query["id"])
-        found = compare_outcomes(mine, theirs, bool(query.get("ordered")), check_types=check_types)
         if found is not None:
             report.mismatches.append(
                 Mismatch(
