@@ -136,6 +136,10 @@ class Engine:
     """Sources a stream reads: their batches are never cut (`spread`). Once the pipeline
     runs, the engine keeps a source's last 2048 batches for queries; one batch per shipment
     keeps at least the rows one native instance would keep."""
+    consumed: set[str] = field(default_factory=set)
+    """Sources the running pipeline takes batches from: those that existed when the engine
+    started. The engine never consumes a source made after `start()` (nor one made again),
+    whose batches stay pending; `streams.quiesce` must not wait for those."""
     mirror: Mirror = field(default_factory=Mirror)
     """The batches of each source whose engine rows are exactly those (`_mirrorable`), as
     handed to the engine: some queries are answered from them (workers/mirror/)."""
@@ -158,6 +162,7 @@ class Engine:
         if kind == "CREATE_SOURCE" and name is not None:
             if name not in self.sources or "REPLACE" in sql.upper().split("SOURCE", 1)[0]:
                 self.sources[name] = SourceState(sql)
+                self.consumed.discard(name)
                 mirrored[name] = [] if self._mirrorable(name) else None
                 self.mirror.forget(name)
         elif kind == "ALTER" and name is not None and name in self.sources:
@@ -168,6 +173,7 @@ class Engine:
         elif kind == "DROP":
             present = {s.name for s in self.conn.sources()}
             self.sources = {n: st for n, st in self.sources.items() if n in present}
+            self.consumed &= present
             self.mirror.batches = {n: b for n, b in mirrored.items() if n in present}
             for gone in set(mirrored) - present:
                 self.mirror.forget(gone)
@@ -194,6 +200,7 @@ class Engine:
         if not self.started:
             self.conn.start()
             self.started = True
+            self.consumed = _source_names(self.conn)
 
     def insert(self, source: str, table: pa.Table) -> int:
         """Insert `table` (it must already have the source's schema): as one engine batch,
@@ -235,6 +242,7 @@ class Engine:
             state.batches = 0
             return
         self.conn.execute(state.create_sql)
+        self.consumed.discard(source)
         for alter in state.alters:
             self.conn.execute(alter)
         self.writers.pop(source, None)
@@ -281,7 +289,7 @@ class Engine:
         if self.started and self.last_insert:
             from workers import streams
 
-            streams.quiesce(self.conn, self.last_insert)
+            streams.quiesce(self.conn, self.last_insert, self.consumed)
         writer = self.writers.get(source)
         if writer is None:
             writer = self.writers[source] = self.conn.writer(source)
@@ -319,17 +327,18 @@ class Engine:
         if pump is not None:
             # The old engine's last results go out before its consumers stop...
             if self.started:
-                streams.quiesce(self.conn, self.last_insert)
+                streams.quiesce(self.conn, self.last_insert, self.consumed)
             pump.stop(drain=True)
         self.writers.clear()
         old, self.conn = self.conn, fresh
         self.started = True
+        self.consumed = _source_names(fresh)
         self.rebuilds += 1
         old.close()
         if pump is not None:
             # ...and the results of the replayed rows, which subscribers already had, are dropped.
             if any(t.num_rows for t in retained.values()):
-                streams.quiesce(fresh, replayed_at)
+                streams.quiesce(fresh, replayed_at, self.consumed)
             pump.resume(subscriptions)
         log.info("engine rebuilt (%d sources)", len(self.sources))
 
@@ -337,6 +346,10 @@ class Engine:
         if self.streams is not None:
             self.streams.stop(drain=False)  # a consumer polling a closed engine never returns
         self.conn.close()
+
+
+def _source_names(conn: Any) -> set[str]:
+    return {s.name for s in conn.sources()}
 
 
 def _execute_result(result: Any) -> dict[str, Any]:

@@ -214,7 +214,7 @@ class Server:
             from workers import streams
 
             if self.engine.started:
-                streams.quiesce(self.engine.conn, self.engine.last_insert)
+                streams.quiesce(self.engine.conn, self.engine.last_insert, self.engine.consumed)
             return None, None
         return introspect.call(self.engine, method, args)
 

@@ -26,6 +26,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Collection
 from typing import Any
 
 import zmq
@@ -219,18 +220,22 @@ def _stream_names(conn: Any) -> set[str]:
     return {s.name for s in conn.streams()}
 
 
-def quiesce(conn: Any, since: float) -> None:
+def quiesce(conn: Any, since: float, consumed: Collection[str] | None = None) -> None:
     """Wait until a started engine has turned every inserted batch into results.
 
     The engine offers no event for this, so its metrics are polled: first until no source
-    holds a batch that no cycle took (`pending`), then until the cycle that took the last one
+    of `consumed` (None: every source) holds a batch that no cycle took (`pending`), then until the cycle that took the last one
     has finished (`total_cycles` moves; the engine counts only cycles that had data), or, when
     that cycle may have finished before we looked, until `CYCLE_GRACE_S` after the last insert
-    (`since`, a `time.monotonic()` value) or after the last batch was taken.
+    (`since`, a `time.monotonic()` value) or after the last batch was taken. A source the
+    pipeline does not consume (one created after `start()`) keeps its batches pending for
+    ever, so it must be left out of `consumed`, else every call waits `QUIESCE_LIMIT_S`.
     """
     limit = time.monotonic() + QUIESCE_LIMIT_S
     settled_at = since
-    while any(m.pending for m in conn.all_source_metrics()):
+    while any(
+        m.pending and (consumed is None or m.name in consumed) for m in conn.all_source_metrics()
+    ):
         if time.monotonic() > limit:
             log.warning("engine did not take its pending batches within %.0f s", QUIESCE_LIMIT_S)
             return

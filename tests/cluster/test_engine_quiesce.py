@@ -1,0 +1,79 @@
+"""The worker waits for the pipeline to take its pending batches (`streams.quiesce`) before a
+watermark or a restart's replay, but only for sources the pipeline consumes: the native
+engine never takes a batch of a source made after `start()`, so waiting for one ran every
+`Writer.watermark` call into the 10 s limit."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from workers import streams
+from workers.engine import Engine
+
+pytestmark = pytest.mark.timeout(60)
+
+EV = "CREATE SOURCE ev (ts BIGINT, v DOUBLE, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)"
+LATE = "CREATE SOURCE w (ts BIGINT, v DOUBLE, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)"
+ROWS = pa.table({"ts": pa.array([10, 20], pa.int64()), "v": [1.0, 2.0]})
+
+
+@pytest.fixture
+def started() -> Iterator[Engine]:
+    """An engine whose pipeline runs over `ev`, with `w` made after the start."""
+    e = Engine()
+    e.execute(EV, "CREATE_SOURCE", "ev")
+    e.execute("CREATE STREAM s AS SELECT * FROM ev WHERE v > 1", "CREATE_STREAM", "s")
+    e.start()
+    e.execute(LATE, "CREATE_SOURCE", "w")
+    yield e
+    e.close()
+
+
+def _pending(e: Engine, source: str) -> int:
+    return int(e.conn.source_metrics(source).pending)
+
+
+def _wait(condition: Any, deadline_s: float = 10.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_a_source_made_after_start_is_never_consumed(started: Engine) -> None:
+    assert started.consumed == {"ev"}
+    started.insert("w", ROWS)
+    started.insert("ev", ROWS)
+    _wait(lambda: _pending(started, "ev") == 0)  # a cycle ran...
+    assert _pending(started, "w") == 1  # ...and left w's batch where it was
+
+
+def test_watermark_waits_only_for_consumed_sources(
+    started: Engine, monkeypatch: Any, caplog: Any
+) -> None:
+    monkeypatch.setattr(streams, "QUIESCE_LIMIT_S", 2.0)
+    started.insert("w", ROWS)
+    started.insert("ev", ROWS)
+    with caplog.at_level(logging.WARNING, logger="laminardb.worker.streams"):
+        assert started.watermark("w", 5000) == 5000
+        assert _pending(started, "ev") == 0  # ev's batch was taken before the watermark moved
+        assert started.watermark("ev", 5000) == 5000
+    assert "did not take" not in caplog.text
+    assert started.conn.sql("SELECT count(*) FROM w").fetchall() == [(2,)]
+
+
+def test_consumed_follows_the_catalog(started: Engine) -> None:
+    started.execute("DROP SOURCE w", "DROP", "w")
+    started.execute(LATE, "CREATE_SOURCE", "w")
+    assert started.consumed == {"ev"}
+    started.execute("CREATE STREAM s2 AS SELECT * FROM w", "CREATE_STREAM", "s2")  # a rebuild
+    assert started.rebuilds == 1
+    assert started.consumed == {"ev", "w"}
+    started.insert("w", ROWS)
+    _wait(lambda: _pending(started, "w") == 0)  # the rebuilt engine consumes it
