@@ -5,6 +5,8 @@ native instance emits them."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import laminardb_native as native
@@ -16,6 +18,8 @@ import laminardb
 pytestmark = pytest.mark.timeout(180)
 
 KILL_AT = 40
+DEADLINE_S = 30.0
+EPOCH = datetime(1970, 1, 1)
 
 
 def _rows(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
@@ -29,11 +33,11 @@ def _data() -> list[list[tuple[Any, ...]]]:
     return data
 
 
-def _drain(sub: Any, want: int, deadline_s: float = 60.0) -> list[dict[str, Any]]:
-    """Rows until `want` windows arrived or the deadline passed (timeouts are not errors)."""
+def _drain(sub: Any, until: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
+    """Rows until `until(rows)` holds or `DEADLINE_S` passed (timeouts are not errors)."""
     out: list[dict[str, Any]] = []
-    deadline = time.monotonic() + deadline_s
-    while len(out) < want and time.monotonic() < deadline:
+    deadline = time.monotonic() + DEADLINE_S
+    while not until(out) and time.monotonic() < deadline:
         try:
             batch = sub.next_timeout(200)
         except (laminardb.SubscriptionError, native.SubscriptionError) as exc:
@@ -47,8 +51,20 @@ def _drain(sub: Any, want: int, deadline_s: float = 60.0) -> list[dict[str, Any]
     return out
 
 
+def _has(ws: set[datetime]) -> Callable[[list[dict[str, Any]]], bool]:
+    return lambda rows: ws <= {row["ws"] for row in rows}
+
+
 def test_merged_stream_survives_a_worker_restart(tmp_path: Any) -> None:
     data = _data()
+    # The last call's row, 20 s past the others, closes the window of every other row.
+    last = data[-1][0][0]
+    closed = {
+        EPOCH + timedelta(milliseconds=ts - ts % 5000)
+        for rows in data
+        for ts, _, _ in rows
+        if ts < last
+    }
     single = native.open(":memory:")
     single.execute(SOURCE.format(partition=""))
     single.execute(GLOBAL)
@@ -56,9 +72,9 @@ def test_merged_stream_survives_a_worker_restart(tmp_path: Any) -> None:
     single.start()
     for rows in data:
         single.insert("ev", _rows(rows))
-    expected = {r["ws"]: r for r in _drain(expected_sub, 10_000, deadline_s=8.0)}
+    expected = {r["ws"]: r for r in _drain(expected_sub, _has(closed))}
     single.close()
-    assert expected
+    assert set(expected) == closed
 
     with laminardb.open(str(tmp_path / "db"), workers=2) as db:
         db.execute(SOURCE.format(partition=" PARTITION BY (device)"))
@@ -71,8 +87,8 @@ def test_merged_stream_survives_a_worker_restart(tmp_path: Any) -> None:
                 later = db.subscribe_stream("g")
             db.insert("ev", _rows(rows))
         with pytest.raises(laminardb.SubscriptionError, match="worker 1"):
-            _drain(first, 10_000, deadline_s=30.0)
-        got = _drain(later, len(expected), deadline_s=20.0)
+            _drain(first, lambda rows: False)
+        got = _drain(later, _has({max(closed)}))  # windows arrive in order
     assert got, "no window reached the subscriber that came after the restart"
     for row in got:  # every window delivered is the single instance's, row for row
         assert row == expected[row["ws"]]
