@@ -8,6 +8,8 @@ marker runs 50 rounds with 3 workers.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -16,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import laminardb_native
 import pyarrow as pa
@@ -228,8 +231,21 @@ def test_memory_database_without_recovery_says_rows_are_lost() -> None:
             db.insert("m", {"id": [1]})
 
 
+@contextlib.contextmanager
+def request_timeout(db: Any, seconds: float) -> Iterator[None]:
+    """`request_timeout_s` set to `seconds` inside the block only, so that the steps before
+    and after it (opening, a restart) keep the default on a loaded machine."""
+    cluster = db._cluster
+    before = cluster.options
+    cluster.options = dataclasses.replace(before, request_timeout_s=seconds)
+    try:
+        yield
+    finally:
+        cluster.options = before
+
+
 def test_stopped_worker_times_out_then_recovers_when_resumed() -> None:
-    with laminardb.open(":memory:", workers=2, request_timeout_s=5.0) as db:
+    with laminardb.open(":memory:", workers=2) as db:
         db.execute("CREATE SOURCE s (id BIGINT, name VARCHAR) PARTITION BY (name)")
         names = [f"n{i % 11}" for i in range(200)]
         db.insert("s", {"id": list(range(200)), "name": names})
@@ -237,11 +253,17 @@ def test_stopped_worker_times_out_then_recovers_when_resumed() -> None:
         victim = db.workers()[1].pid
         os.kill(victim, signal.SIGSTOP)
         try:
-            pattern = r"timed out: worker 1 \(pid \d+\) did not answer within 5 s"
-            with pytest.raises(laminardb.ConnectionError, match=pattern) as info:
+            pattern = r"timed out: worker 1 \(pid \d+\) did not answer within 1.5 s"
+            with (
+                request_timeout(db, 1.5),
+                pytest.raises(laminardb.ConnectionError, match=pattern) as info,
+            ):
                 db.sql("SELECT count(*), sum(id) FROM s")
             assert info.value.shard == 1
-            with pytest.raises(laminardb.LaminarError, match="did not answer"):
+            with (
+                request_timeout(db, 1.5),
+                pytest.raises(laminardb.LaminarError, match="did not answer"),
+            ):
                 db.insert("s", {"id": [1000, 1001], "name": ["n0", "n1"]})
                 db.sql("SELECT count(*) FROM s")  # ships: staging times out, aborted everywhere
         finally:
@@ -254,14 +276,17 @@ def test_stopped_worker_times_out_then_recovers_when_resumed() -> None:
 
 
 def test_stopped_worker_replaced_by_kill_is_rebuilt(tmp_path) -> None:
-    with laminardb.open(str(tmp_path / "db"), workers=2, request_timeout_s=5.0) as db:
+    with laminardb.open(str(tmp_path / "db"), workers=2) as db:
         db.execute("CREATE SOURCE s (id BIGINT)")
         for i in range(6):
             db.insert("s", {"id": list(range(i * 100, i * 100 + 100))})
         db.sql("SELECT 1")
         victim = db.workers()[0].pid
         os.kill(victim, signal.SIGSTOP)
-        with pytest.raises(laminardb.ConnectionError, match=r"worker 0 \(pid \d+\)"):
+        with (
+            request_timeout(db, 1.5),
+            pytest.raises(laminardb.ConnectionError, match=r"worker 0 \(pid \d+\)"),
+        ):
             db.sql("SELECT count(*) FROM s")
         os.kill(victim, signal.SIGKILL)  # replace it: the next call rebuilds it from the log
         assert db.sql("SELECT count(*), sum(id) FROM s").fetchall() == [(600, sum(range(600)))]
