@@ -114,6 +114,8 @@ class SourceState:
     create_sql: str
     alters: list[str] = field(default_factory=list)
     batches: int = 0
+    event_column: str | None = None
+    """Its WATERMARK column, whose values the engine judges late against the watermark."""
 
 
 @dataclass
@@ -140,6 +142,10 @@ class Engine:
     """Sources the running pipeline takes batches from: those that existed when the engine
     started. The engine never consumes a source made after `start()` (nor one made again),
     whose batches stay pending; `streams.quiesce` must not wait for those."""
+    unsettled: dict[str, int | None] = field(default_factory=dict)
+    """Per consumed source, the lowest event time (ms) of the rows inserted since a quiesce
+    last saw every batch taken (None: not known). A watermark at or below all of them
+    cannot make the engine drop any of them, so it need not wait (`watermark`)."""
     mirror: Mirror = field(default_factory=Mirror)
     """The batches of each source whose engine rows are exactly those (`_mirrorable`), as
     handed to the engine: some queries are answered from them (workers/mirror/)."""
@@ -161,8 +167,9 @@ class Engine:
         mirrored = self.mirror.batches
         if kind == "CREATE_SOURCE" and name is not None:
             if name not in self.sources or "REPLACE" in sql.upper().split("SOURCE", 1)[0]:
-                self.sources[name] = SourceState(sql)
+                self.sources[name] = SourceState(sql, event_column=_event_column(self.conn, name))
                 self.consumed.discard(name)
+                self.unsettled.pop(name, None)
                 mirrored[name] = [] if self._mirrorable(name) else None
                 self.mirror.forget(name)
         elif kind == "ALTER" and name is not None and name in self.sources:
@@ -174,6 +181,7 @@ class Engine:
             present = {s.name for s in self.conn.sources()}
             self.sources = {n: st for n, st in self.sources.items() if n in present}
             self.consumed &= present
+            self.unsettled = {n: low for n, low in self.unsettled.items() if n in present}
             self.mirror.batches = {n: b for n, b in mirrored.items() if n in present}
             for gone in set(mirrored) - present:
                 self.mirror.forget(gone)
@@ -225,6 +233,8 @@ class Engine:
         mirrored = self.mirror.batches.get(source)
         if mirrored is not None:
             mirrored.extend(batches)
+        if self.started and source in self.consumed:
+            self._unsettle(source, table, state)
         self.rows_ingested += table.num_rows
         self.batches_ingested += 1
         self.last_insert = time.monotonic()
@@ -280,16 +290,30 @@ class Engine:
             mirrored.extend(batches)
         return len(batches)
 
+    def _unsettle(self, source: str, table: pa.Table, state: SourceState | None) -> None:
+        from workers import streams
+
+        low = streams.lowest_event_ms(table, None if state is None else state.event_column)
+        known = self.unsettled.get(source, low)
+        self.unsettled[source] = None if low is None or known is None else min(known, low)
+
+    def quiesce(self) -> None:
+        """Wait until the pipeline has turned every batch inserted so far into results."""
+        if self.started and self.last_insert:
+            from workers import streams
+
+            streams.quiesce(self.conn, self.last_insert, self.consumed)
+        self.unsettled.clear()
+
     def watermark(self, source: str, timestamp: int) -> int:
         """Advance the source watermark through a native writer (kept per source).
 
         The engine applies a watermark at once, also to batches still waiting for their
         cycle, whose rows it would then drop as late; so the batches inserted before are
-        first left to be taken (the coordinator sets the cluster watermark this way)."""
-        if self.started and self.last_insert:
-            from workers import streams
-
-            streams.quiesce(self.conn, self.last_insert, self.consumed)
+        first left to be taken, unless none of their rows is behind `timestamp` (waiting
+        costs one or two pipeline cycles, 100-200 ms, a call)."""
+        if not all(low is not None and low >= timestamp for low in self.unsettled.values()):
+            self.quiesce()
         writer = self.writers.get(source)
         if writer is None:
             writer = self.writers[source] = self.conn.writer(source)
@@ -333,6 +357,7 @@ class Engine:
         old, self.conn = self.conn, fresh
         self.started = True
         self.consumed = _source_names(fresh)
+        self.unsettled.clear()
         self.rebuilds += 1
         old.close()
         if pump is not None:
@@ -350,6 +375,13 @@ class Engine:
 
 def _source_names(conn: Any) -> set[str]:
     return {s.name for s in conn.sources()}
+
+
+def _event_column(conn: Any, source: str) -> str | None:
+    for s in conn.sources():
+        if s.name == source:
+            return s.watermark_column  # type: ignore[no-any-return]
+    return None
 
 
 def _execute_result(result: Any) -> dict[str, Any]:

@@ -211,10 +211,7 @@ class Server:
         if method == "quiesce":
             # After a restart's replay (laminardb/cluster/recovery.py): let the engine turn the
             # replayed rows into results while no stream is forwarded, so none is sent twice.
-            from workers import streams
-
-            if self.engine.started:
-                streams.quiesce(self.engine.conn, self.engine.last_insert, self.engine.consumed)
+            self.engine.quiesce()
             return None, None
         return introspect.call(self.engine, method, args)
 

@@ -29,9 +29,12 @@ import time
 from collections.abc import Collection
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import zmq
 
 from laminardb.api.errors import codes, to_wire
+from laminardb.streams.clock import epoch_ms
 from laminardb.wire import arrow_ipc, protocol
 
 log = logging.getLogger("laminardb.worker.streams")
@@ -43,6 +46,9 @@ HIGH_WATER = 1000
 """Result batches queued towards the coordinator before a consumer waits (and its stream,
 then its sources, feel backpressure)."""
 QUIESCE_POLL_S = 0.005
+TAKE_POLL_S = 0.001
+"""Polls for the taking of pending batches: a cycle takes and ends within a few ms, and
+`quiesce` can only tell that it ended when one poll falls in between."""
 QUIESCE_LIMIT_S = 10.0
 CYCLE_GRACE_S = 0.25
 """Longer than one pipeline cycle (about 100 ms): a batch taken by a cycle has produced its
@@ -223,26 +229,54 @@ def _stream_names(conn: Any) -> set[str]:
 def quiesce(conn: Any, since: float, consumed: Collection[str] | None = None) -> None:
     """Wait until a started engine has turned every inserted batch into results.
 
-    The engine offers no event for this, so its metrics are polled: first until no source
-    of `consumed` (None: every source) holds a batch that no cycle took (`pending`), then until the cycle that took the last one
-    has finished (`total_cycles` moves; the engine counts only cycles that had data), or, when
-    that cycle may have finished before we looked, until `CYCLE_GRACE_S` after the last insert
-    (`since`, a `time.monotonic()` value) or after the last batch was taken. A source the
-    pipeline does not consume (one created after `start()`) keeps its batches pending for
-    ever, so it must be left out of `consumed`, else every call waits `QUIESCE_LIMIT_S`.
+    The engine offers no event for this, so its metrics are polled. One cycle runs at a
+    time; it takes every pending batch as it starts (`pending` drops to 0) and counts
+    itself in `total_cycles` as it ends (only cycles with data count). So the wait is first
+    until no source of `consumed` (None: every source) holds a batch that no cycle took,
+    then until the cycle that took the last one has ended: with `c` cycles counted at the
+    last poll that saw a batch pending, that is `c + 1` cycles if none had ended by the
+    first poll that saw none (no cycle was under way at the earlier poll), else `c + 2`
+    (the one under way then, and the one that took the batch). When it cannot tell (the
+    second case, or nothing pending from the start), the wait ends at most `CYCLE_GRACE_S`
+    after the last batch was taken or the last insert (`since`, a `time.monotonic()`
+    value). A source the pipeline does not consume (one created after `start()`) keeps its
+    batches pending for ever, so it must be left out of `consumed`, else every call waits
+    `QUIESCE_LIMIT_S`.
     """
     limit = time.monotonic() + QUIESCE_LIMIT_S
     settled_at = since
-    while any(
-        m.pending and (consumed is None or m.name in consumed) for m in conn.all_source_metrics()
-    ):
+    seen_pending: int | None = None  # total_cycles at the last poll that saw a batch pending
+    while True:
+        cycles = conn.metrics().total_cycles
+        if not any(
+            m.pending and (consumed is None or m.name in consumed)
+            for m in conn.all_source_metrics()
+        ):
+            break
         if time.monotonic() > limit:
             log.warning("engine did not take its pending batches within %.0f s", QUIESCE_LIMIT_S)
             return
-        time.sleep(QUIESCE_POLL_S)
+        seen_pending = cycles
+        time.sleep(TAKE_POLL_S)
         settled_at = time.monotonic()
-    cycles = conn.metrics().total_cycles
+    if seen_pending is None:
+        target = cycles + 1
+    else:
+        target = seen_pending + (1 if cycles == seen_pending else 2)
     while time.monotonic() < settled_at + CYCLE_GRACE_S:
-        if conn.metrics().total_cycles != cycles:
+        if conn.metrics().total_cycles >= target:
             return
         time.sleep(QUIESCE_POLL_S)
+
+
+def lowest_event_ms(table: pa.Table, column: str | None) -> int | None:
+    """The lowest event time among `table`'s rows as the engine compares it with a
+    watermark (`clock.epoch_ms`), or None when it cannot be known: no event column, a NULL,
+    a type other than an integer or a timestamp."""
+    if column is None or column not in table.column_names or not table.num_rows:
+        return None
+    values = table.column(column)
+    typ = values.type
+    if values.null_count or not (pa.types.is_integer(typ) or pa.types.is_timestamp(typ)):
+        return None
+    return int(pc.min(epoch_ms(values)).as_py())

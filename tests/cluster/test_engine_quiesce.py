@@ -77,3 +77,53 @@ def test_consumed_follows_the_catalog(started: Engine) -> None:
     assert started.consumed == {"ev", "w"}
     started.insert("w", ROWS)
     _wait(lambda: _pending(started, "w") == 0)  # the rebuilt engine consumes it
+
+
+def test_a_watermark_behind_every_pending_row_does_not_wait(
+    started: Engine, monkeypatch: Any
+) -> None:
+    waits: list[float] = []
+    monkeypatch.setattr(streams, "quiesce", lambda conn, since, consumed: waits.append(since))
+    started.insert("ev", ROWS)  # ts 10 and 20
+    assert started.unsettled == {"ev": 10}
+    started.watermark("ev", 10)  # drops no row of the pending batch: no wait
+    assert waits == [] and started.unsettled == {"ev": 10}
+    started.watermark("ev", 11)  # would drop ts 10 if the batch were still pending
+    assert len(waits) == 1 and started.unsettled == {}
+    started.insert("w", ROWS)  # not consumed: its rows never wait for a cycle
+    started.watermark("ev", 1_000)
+    assert len(waits) == 1
+
+
+def test_a_pending_row_of_unknown_time_always_waits(monkeypatch: Any) -> None:
+    e = Engine()
+    try:
+        e.execute("CREATE SOURCE plain (ts BIGINT, v DOUBLE)", "CREATE_SOURCE", "plain")
+        e.execute("CREATE STREAM s AS SELECT * FROM plain", "CREATE_STREAM", "s")
+        e.start()
+        waits: list[float] = []
+        monkeypatch.setattr(streams, "quiesce", lambda conn, since, consumed: waits.append(since))
+        e.insert("plain", ROWS)  # no WATERMARK column: the engine's lateness is not ours to guess
+        assert e.unsettled == {"plain": None}
+        e.watermark("plain", 0)
+        assert len(waits) == 1
+    finally:
+        e.close()
+
+
+@pytest.mark.parametrize(
+    ("values", "typ", "expected"),
+    [
+        ([5, -3, 7], pa.int64(), -3),
+        ([5, None], pa.int64(), None),
+        ([2_500, 1_999], pa.timestamp("ms"), 1_999),
+        ([2_500_999, 1_999_999], pa.timestamp("us"), 1_999),
+        ([-1_500], pa.timestamp("us"), -1),  # truncated, as the coordinator's clock does
+        ([3], pa.timestamp("s"), 3_000),
+        ([1.5], pa.float64(), None),
+    ],
+)
+def test_lowest_event_ms(values: list[Any], typ: pa.DataType, expected: int | None) -> None:
+    table = pa.table({"ts": pa.array(values, typ)})
+    assert streams.lowest_event_ms(table, "ts") == expected
+    assert streams.lowest_event_ms(table, None) is None
