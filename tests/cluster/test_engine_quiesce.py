@@ -127,3 +127,49 @@ def test_lowest_event_ms(values: list[Any], typ: pa.DataType, expected: int | No
     table = pa.table({"ts": pa.array(values, typ)})
     assert streams.lowest_event_ms(table, "ts") == expected
     assert streams.lowest_event_ms(table, None) is None
+
+
+class _Timeline:
+    """A fake engine whose pending count and cycle count follow a script, one step per poll
+    (each `time.sleep` of `quiesce` moves it on, in fake time)."""
+
+    def __init__(self, steps: list[tuple[int, int]]) -> None:
+        self.steps = steps  # (pending, total_cycles) from poll 0 on; the last one stays
+        self.polls = 0
+        self.now = 100.0
+
+    def state(self) -> tuple[int, int]:
+        return self.steps[min(self.polls, len(self.steps) - 1)]
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.polls += 1
+        self.now += seconds
+
+    def metrics(self) -> Any:
+        return type("M", (), {"total_cycles": self.state()[1]})()
+
+    def all_source_metrics(self) -> list[Any]:
+        return [type("S", (), {"name": "ev", "pending": self.state()[0]})()]
+
+
+@pytest.mark.parametrize(
+    ("steps", "polls"),
+    [
+        # taken, and no cycle ended by then: the next end is the taking cycle's
+        ([(1, 5), (1, 5), (0, 5), (0, 5), (0, 6)], 4),
+        # a cycle ended between the polls: it may have been an earlier one, so one more
+        ([(1, 5), (0, 6), (0, 6), (0, 7)], 3),
+        # two ended: the taking cycle was the second
+        ([(1, 5), (0, 7)], 1),
+    ],
+)
+def test_quiesce_waits_for_the_cycle_that_took_the_batch(
+    steps: list[tuple[int, int]], polls: int, monkeypatch: Any
+) -> None:
+    fake = _Timeline(steps)
+    monkeypatch.setattr(streams, "time", fake)  # the module's clock, not the process's
+    streams.quiesce(fake, since=fake.now, consumed={"ev"})
+    assert fake.polls == polls
