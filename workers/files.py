@@ -16,6 +16,7 @@ transaction on every worker and unlinks what was listed.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import secrets
 import threading
@@ -195,14 +196,17 @@ def write_query(r: protocol.WriteQuery, table: pa.Table) -> int:
 
 def by_owner(table: pa.Table, keys: list[str], workers: int) -> list[pa.Table]:
     """`table` cut by owning worker, exactly as `partition.split` cuts it (same owners, input
-    order kept inside a part), but with one sort and one take instead of a take per worker
-    over many chunks: the parts are slices of one reordered table."""
+    order kept inside a part), with one sort and then one take per owner, each into buffers
+    of its own: a part kept by this worker for the engine must not hold the rows sent to the
+    others alive (as slices of one reordered table, a 10M-row keyed load left each worker
+    holding every row it read, about 1.5x what it owns)."""
     owners = partition.vshards(table, keys) % np.uint16(workers)
     order = np.argsort(owners, kind="stable")
-    counts = np.bincount(owners, minlength=workers)
-    ordered = table.take(pa.array(order))
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    return [ordered.slice(int(s), int(c)) for s, c in zip(starts, counts, strict=True)]
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(owners, minlength=workers))])
+    return [
+        table.take(pa.array(order[a:b])) if b > a else table.slice(0, 0)
+        for a, b in itertools.pairwise(bounds.tolist())
+    ]
 
 
 def by_owner_parallel(table: pa.Table, keys: list[str], workers: int, cores: int) -> list[pa.Table]:

@@ -127,6 +127,9 @@ def test_by_owner_cuts_like_partition_split() -> None:
         ours = by_owner(data, ["device"], n)
         theirs = partition.split(data, ["device"], n)
         assert [t.to_pylist() for t in ours] == [t.to_pylist() for t in theirs]
+        # each part in buffers of its own: the part a worker keeps holds no other owner's rows
+        held = sum(t.get_total_buffer_size() for t in ours)
+        assert held <= 1.1 * data.combine_chunks().get_total_buffer_size()
 
 
 def test_a_worker_with_several_cores_gets_several_line_aligned_pieces(tmp_path: Path) -> None:
