@@ -16,7 +16,6 @@ transaction on every worker and unlinks what was listed.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import secrets
 import threading
@@ -196,17 +195,17 @@ def write_query(r: protocol.WriteQuery, table: pa.Table) -> int:
 
 def by_owner(table: pa.Table, keys: list[str], workers: int) -> list[pa.Table]:
     """`table` cut by owning worker, exactly as `partition.split` cuts it (same owners, input
-    order kept inside a part), with one sort and then one take per owner, each into buffers
-    of its own: a part kept by this worker for the engine must not hold the rows sent to the
-    others alive (as slices of one reordered table, a 10M-row keyed load left each worker
-    holding every row it read, about 1.5x what it owns)."""
+    order kept inside a part), with one take per owner, each into buffers of its own: a part
+    kept by this worker for the engine must not hold the rows sent to the others alive (as
+    slices of one reordered table, a 10M-row keyed load left each worker holding every row
+    it read, about 1.5x what it owns). An owner's row numbers are found by one comparison
+    pass, not a sort: 2 ms for 1M rows and 2 owners against 20 ms for a stable argsort."""
     owners = partition.vshards(table, keys) % np.uint16(workers)
-    order = np.argsort(owners, kind="stable")
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(owners, minlength=workers))])
-    return [
-        table.take(pa.array(order[a:b])) if b > a else table.slice(0, 0)
-        for a, b in itertools.pairwise(bounds.tolist())
-    ]
+    parts = []
+    for owner in range(workers):
+        rows = np.flatnonzero(owners == owner)
+        parts.append(table.take(pa.array(rows)) if len(rows) else table.slice(0, 0))
+    return parts
 
 
 def by_owner_parallel(table: pa.Table, keys: list[str], workers: int, cores: int) -> list[pa.Table]:
