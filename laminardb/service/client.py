@@ -18,6 +18,7 @@ import itertools
 import logging
 import os
 import secrets
+import struct
 import threading
 import time
 import weakref
@@ -66,6 +67,16 @@ _AUTH_EVENTS = (
 )
 
 
+def _one_string(text: str) -> pa.Table:
+    """A one-row table of `text`, built from its buffers: pyarrow's constructors from Python
+    values import pandas (0.35 s here), which a CLI command that only needs a connection
+    should not pay."""
+    data = text.encode()
+    offsets = pa.py_buffer(struct.pack("<ii", 0, len(data)))
+    column = pa.Array.from_buffers(pa.string(), 1, [None, offsets, pa.py_buffer(data)])
+    return pa.Table.from_arrays([column], names=["t"])
+
+
 def is_service_uri(uri: str) -> bool:
     return urlsplit(uri).scheme in ("ipc", "tcp")
 
@@ -96,7 +107,7 @@ class _Link:
             with contextlib.ExitStack() as stack:
                 probe, size = None, 0
                 if shm.available():
-                    probe, size = stack.enter_context(shm.segment(pa.table({"t": [token]})))
+                    probe, size = stack.enter_context(shm.segment(_one_string(token)))
                 hello = p.Hello(p.VERSION, os.getpid(), boot_id(), probe, size)
                 deadline = time.monotonic() + CONNECT_TIMEOUT_S
                 self._wait(monitor, zmq.POLLOUT, deadline, curve)  # a DEALER without a peer blocks

@@ -207,3 +207,25 @@ def test_cli_copy_from_shows_a_progress_bar(service: tuple[Cli, str], tmp_path: 
     assert "reading" in plain or "committing" in plain, plain
     assert "kB" in plain  # the bar counts the input bytes
     assert f"{len(ROWS)} row(s) affected" in plain
+
+
+def test_connecting_does_not_import_pandas(cli: Cli) -> None:
+    """A CLI command that only talks to the service stays off pandas (0.35 s a command):
+    pyarrow's constructors from Python values import it, so the handshake builds its probe
+    from buffers."""
+    uri = cli.run("start", "--workers", "1").stdout.strip()
+    check = textwrap.dedent(
+        f"""
+        import sys
+        import laminardb
+        conn = laminardb.connect({uri!r})
+        print(conn.sql("SELECT 1 AS one").fetchall(), "pandas" in sys.modules)
+        conn.close()
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[(1,)]", "False"]
+    assert cli.run("stop").returncode == 0
