@@ -253,6 +253,7 @@ class Engine:
             return
         self.conn.execute(state.create_sql)
         self.consumed.discard(source)
+        self.unsettled.pop(source, None)
         for alter in state.alters:
             self.conn.execute(alter)
         self.writers.pop(source, None)
