@@ -29,6 +29,7 @@ import pytest
 
 import laminardb
 from laminardb.ingest import partition
+from workers.streams import quiesce
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -121,6 +122,11 @@ def native_batches(sub: Any, quiet_ms: int) -> Iterator[list[Row]]:
         yield batch.fetchall()
 
 
+QUIESCED_MS = 300
+"""How long native must stay quiet after `quiesce` for its output to be all read (its
+results are produced by then; this only covers their way to the subscription)."""
+
+
 def read_native(sub: Any, quiet_ms: int = 1500) -> list[Row]:
     """Everything a native subscription delivers until it stays quiet for `quiet_ms`."""
     return [row for rows in native_batches(sub, quiet_ms) for row in rows]
@@ -177,13 +183,15 @@ def run_pair(
     for rows in data:
         theirs.insert("ev", arrow(rows))
         ours.insert("ev", arrow(rows))
+    # Native has then produced every result: reading it needs no long quiet wait.
+    quiesce(theirs, time.monotonic())
     return theirs, ours, native_subs, subs
 
 
 def assert_same_rows(native_subs: dict[str, Any], subs: dict[str, Any]) -> None:
     """Each stream's subscriber gets the multiset of rows native emitted, and then nothing."""
     for name, sub in subs.items():
-        want = canon(read_native(native_subs[name]))
+        want = canon(read_native(native_subs[name], QUIESCED_MS))
         assert want, f"native {name} emitted nothing: the data must close windows"
         got = read_until(sub, want)
         assert got == want, f"{name}: only ours {got - want}, only native {want - got}"
