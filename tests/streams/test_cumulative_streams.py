@@ -22,12 +22,13 @@ from typing import Any
 import laminardb_native as native
 import pyarrow as pa
 import pytest
-from test_merged_streams import canon, native_batches, restart_worker
+from test_merged_streams import QUIESCED_MS, canon, native_batches, restart_worker
 
 import laminardb
 from laminardb.cluster.catalog import Catalog, Relation
 from laminardb.streams import merge
 from laminardb.streams.cumulative import CumulativeMerger
+from workers.streams import quiesce
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -114,9 +115,10 @@ def run(workers: int, keyed: bool, streams: dict[str, str], late: bool = False) 
         for rows in data:
             theirs.insert("ev", arrow(rows))
             ours.insert("ev", arrow(rows))
+        quiesce(theirs, time.monotonic())  # native has produced everything: a short quiet
         prefixes = {0, *itertools.accumulate(len(rows) for rows in data)}
         for name, sub in subs.items():
-            want = native_last(native_subs[name])
+            want = native_last(native_subs[name], QUIESCED_MS)
             assert want, f"native {name} emitted nothing"
             seen = our_emissions(sub, want)
             assert seen and canon(seen[-1]) == want, (
