@@ -279,4 +279,10 @@ def lowest_event_ms(table: pa.Table, column: str | None) -> int | None:
     typ = values.type
     if values.null_count or not (pa.types.is_integer(typ) or pa.types.is_timestamp(typ)):
         return None
-    return int(pc.min(epoch_ms(values)).as_py())
+    lowest = pc.min(values)
+    if pa.types.is_integer(typ):
+        return int(lowest.as_py())
+    # the lowest instant converted, not the column: truncation keeps the order, and a
+    # column's conversion is a copy of it on every insert
+    one = pa.chunked_array([pa.array([lowest.value], pa.int64()).cast(typ)])
+    return int(epoch_ms(one)[0].as_py())
