@@ -178,7 +178,7 @@ class Engine:
             mirrored[name] = None
             self.mirror.forget(name)
         elif kind == "DROP":
-            present = {s.name for s in self.conn.sources()}
+            present = _source_names(self.conn)
             self.sources = {n: st for n, st in self.sources.items() if n in present}
             self.consumed &= present
             self.unsettled = {n: low for n, low in self.unsettled.items() if n in present}

@@ -6,12 +6,12 @@ engine never takes a batch of a source made after `start()`, so waiting for one 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
 import pytest
+from test_lifecycle import wait_until
 
 from workers import streams
 from workers.engine import Engine
@@ -39,18 +39,11 @@ def _pending(e: Engine, source: str) -> int:
     return int(e.conn.source_metrics(source).pending)
 
 
-def _wait(condition: Any, deadline_s: float = 10.0) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-
-
 def test_a_source_made_after_start_is_never_consumed(started: Engine) -> None:
     assert started.consumed == {"ev"}
     started.insert("w", ROWS)
     started.insert("ev", ROWS)
-    _wait(lambda: _pending(started, "ev") == 0)  # a cycle ran...
+    assert wait_until(lambda: _pending(started, "ev") == 0)  # a cycle ran...
     assert _pending(started, "w") == 1  # ...and left w's batch where it was
 
 
@@ -76,7 +69,7 @@ def test_consumed_follows_the_catalog(started: Engine) -> None:
     assert started.rebuilds == 1
     assert started.consumed == {"ev", "w"}
     started.insert("w", ROWS)
-    _wait(lambda: _pending(started, "w") == 0)  # the rebuilt engine consumes it
+    assert wait_until(lambda: _pending(started, "w") == 0)  # the rebuilt engine consumes it
 
 
 def test_a_watermark_behind_every_pending_row_does_not_wait(
