@@ -25,6 +25,7 @@ import logging
 import os
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -36,9 +37,11 @@ from laminardb.cluster.recovery import Placement
 from laminardb.cluster.supervisor import Response
 from laminardb.files import progress, splits
 from laminardb.files.options import FileOptions, resolve
+from laminardb.files.read import read_split
 from laminardb.ingest.router import Target
 from laminardb.wire import protocol
 from laminardb.wire.arena import PREFIX, SHM_DIR
+from laminardb.wire.protocol import FileSplit
 
 if TYPE_CHECKING:
     from laminardb.api.connection import Connection
@@ -56,6 +59,8 @@ def load(conn: Connection, table: str, path: str, fmt: str | None, options: dict
     paths = splits.expand(path, relation.name)
     router = conn._router
     router.flush(relation.name)  # rows inserted before the load stay before it
+    if conn._streams.watches(relation.name, conn._catalog):
+        return _through_insert(conn, relation, paths, opts)
     recovery = conn._recovery
     if conn._durable is None or not recovery.logging:
         return _load(conn, relation, paths, opts, None)
@@ -170,6 +175,38 @@ def _load(
         raise
     for reply in committed:
         router.rows_sent[reply.shard] += int(reply.value or 0)
+    return rows
+
+
+def _through_insert(
+    conn: Connection, relation: Relation, paths: list[str], opts: FileOptions
+) -> int:
+    """Load into a source whose inserts the coordinator's streams must see (its WATERMARK sets
+    the cluster watermark, a merged stream counts its rows): the files are read here, on this
+    process's cores, and go in as one `insert` call, so every stream sees what one native
+    instance fed the file's rows as one insert sees. Read in parallel by the workers, each
+    worker's engine would take its rows as separate batches, which moves its watermark (and
+    so which rows are late) differently, and no merged stream would hear of them."""
+    cores = pa.cpu_count()
+    units = splits.plan(paths, opts, 1, relation.name, cores)[0]
+    weights = progress.split_bytes([units])[0]
+    total, done = sum(weights), 0
+    progress.report("read", 0, total)
+    footers: dict[str, Any] = {}
+
+    def read(split: FileSplit) -> pa.Table:
+        return read_split(split, opts, relation.schema, relation.name, len(units) < cores, footers)
+
+    parts = []
+    with ThreadPoolExecutor(max(1, min(cores, len(units)))) as pool:
+        for weight, part in zip(weights, pool.map(read, units), strict=True):
+            parts.append(part)
+            done += weight
+            progress.report("read", done, total)
+    table = pa.concat_tables(parts) if parts else relation.schema.empty_table()
+    rows = conn._accept(relation.name, table)
+    conn._flush(relation.name)
+    progress.report("commit", total, total)
     return rows
 
 

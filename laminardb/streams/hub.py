@@ -217,6 +217,10 @@ class StreamHub:
         for run in self.merges.ingest(router, source, rows, catalog):
             self._deliver(run)
 
+    def watches(self, source: str, catalog: Catalog) -> bool:
+        """Whether rows for `source` must come through `ingest` (merged.py), a file load's too."""
+        return self.merges.watches(source, catalog)
+
     def advance_watermark(self, source: str, timestamp: int, catalog: Catalog) -> None:
         """A user's `Writer.watermark` reached every worker: the cluster clock follows it."""
         self.merges.advance(source, timestamp, catalog)

@@ -216,6 +216,13 @@ class Merges:
             return None
         return clock.watermark
 
+    def watches(self, source: str, catalog: Catalog) -> bool:
+        """Whether every insert into `source` must pass through `ingest`: it has a WATERMARK
+        (its cluster clock) or a merged stream reads it (its rows are counted)."""
+        if any(run.plan.source == source for run in self.runs.values()):
+            return True
+        return self._clock(source, catalog) is not None
+
     def clock_names(self) -> list[str]:
         return [name for name, clock in self._clocks.items() if clock is not None]
 
