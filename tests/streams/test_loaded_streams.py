@@ -12,18 +12,16 @@ Waits poll with deadlines, never sleep for a fixed time.
 from __future__ import annotations
 
 import itertools
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import laminardb_native as native
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from test_cumulative_streams import native_last, our_emissions
 from test_merged_streams import (
     QUIESCED_MS,
-    STREAMS,
     Row,
     arrow,
     assert_same_rows,
@@ -31,19 +29,15 @@ from test_merged_streams import (
     finish,
     read_native,
     read_until,
+    run_pair,
     ticks,
 )
 
 import laminardb
 from laminardb.files import splits
-from workers.streams import quiesce
 
 pytestmark = pytest.mark.timeout(120)
 
-TIMED = (
-    "CREATE SOURCE ev (ts BIGINT, device VARCHAR, value DOUBLE, "
-    "WATERMARK FOR ts AS ts - INTERVAL '2' SECOND){partition}"
-)
 PLAIN = "CREATE SOURCE ev (ts BIGINT, device VARCHAR, value DOUBLE){partition}"
 TOTALS = (
     "CREATE STREAM tot AS SELECT COUNT(*) AS n, SUM(value) AS total, MAX(ts) AS hi, "
@@ -76,42 +70,23 @@ def write_files(rows: list[Row], folder: Path, fmt: str) -> str:
     return str(folder / f"part-*.{fmt}")
 
 
-def run(
-    workers: int,
-    source: str,
-    keyed: bool,
-    streams: dict[str, str],
-    data: list[list[Row]],
-    load_at: int,
-    tmp_path: Path,
-    fmt: str,
-) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
-    """Native fed `data` call by call and a cluster fed the same, except that call `load_at`
-    is a load of files holding its rows."""
-    theirs = native.open(":memory:")
-    ours = laminardb.open(":memory:", workers=workers)
-    for conn, key in ((theirs, ""), (ours, " PARTITION BY (device)" if keyed else "")):
-        conn.execute(source.format(partition=key))
-        for sql in streams.values():
-            conn.execute(sql)
-    native_subs = {name: theirs.subscribe_stream(name) for name in streams}
-    subs = {name: ours.subscribe_stream(name) for name in streams}
-    theirs.start()
-    ours.start()
-    for i, rows in enumerate(data):
-        theirs.insert("ev", arrow(rows))
-        if i == load_at:
-            heard: list[tuple[str, int, int]] = []
-            files = write_files(rows, tmp_path, fmt)
-            assert ours.load("ev", files, progress=lambda *r, h=heard: h.append(r)) == len(rows)
-            total = sum(p.stat().st_size for p in tmp_path.glob(f"part-*.{fmt}"))
-            assert heard[0] == ("read", 0, total) and heard[-1] == ("commit", total, total)
-            assert heard[-2] == ("read", total, total)
-            assert [done for _, done, _ in heard] == sorted(done for _, done, _ in heard)
-        else:
+def loading(at: int, folder: Path, fmt: str) -> Callable[[Any, int, list[Row]], None]:
+    """A `run_pair` feed: call `at` is a load of files holding its rows, checked with its
+    progress reports; every other call is an insert."""
+
+    def feed(ours: Any, i: int, rows: list[Row]) -> None:
+        if i != at:
             ours.insert("ev", arrow(rows))
-    quiesce(theirs, time.monotonic())
-    return theirs, ours, native_subs, subs
+            return
+        heard: list[tuple[str, int, int]] = []
+        files = write_files(rows, folder, fmt)
+        assert ours.load("ev", files, progress=lambda *r: heard.append(r)) == len(rows)
+        total = sum(p.stat().st_size for p in folder.glob(f"part-*.{fmt}"))
+        assert heard[0] == ("read", 0, total) and heard[-1] == ("commit", total, total)
+        assert heard[-2] == ("read", total, total)
+        assert [done for _, done, _ in heard] == sorted(done for _, done, _ in heard)
+
+    return feed
 
 
 @pytest.mark.parametrize(
@@ -124,7 +99,8 @@ def test_a_load_moves_the_watermark_of_windows_as_one_insert(
     data = calls_with_a_load(
         finish(ticks(seed=workers + len(mode), mode=mode), workers, False), 3, 10
     )
-    theirs, ours, native_subs, subs = run(workers, TIMED, keyed, STREAMS, data, 3, tmp_path, fmt)
+    feed = loading(3, tmp_path, fmt)
+    theirs, ours, native_subs, subs = run_pair(workers, keyed, data, feed=feed)  # WATERMARK
     try:
         assert_same_rows(native_subs, subs)
         count = "SELECT count(*) FROM ev"
@@ -138,7 +114,8 @@ def test_a_load_moves_the_watermark_of_windows_as_one_insert(
 def test_a_load_counts_in_running_totals(fmt: str, tmp_path: Path) -> None:
     data = calls_with_a_load(ticks(seed=11, mode="shuffled"), 2, 9)
     streams = {"tot": TOTALS}
-    theirs, ours, native_subs, subs = run(2, PLAIN, False, streams, data, 2, tmp_path, fmt)
+    feed = loading(2, tmp_path, fmt)
+    theirs, ours, native_subs, subs = run_pair(2, False, data, streams, source=PLAIN, feed=feed)
     try:
         assert "tot" in ours._streams.merges.runs, ours._streams.merges.reasons
         want = native_last(native_subs["tot"], QUIESCED_MS)
@@ -153,7 +130,8 @@ def test_a_load_counts_in_running_totals(fmt: str, tmp_path: Path) -> None:
 def test_a_parallel_load_reaches_the_workers_streams(tmp_path: Path) -> None:
     data = calls_with_a_load(ticks(seed=3, mode="ordered"), 1, 12)
     streams = {"hot": PASSED}
-    theirs, ours, native_subs, subs = run(2, PLAIN, True, streams, data, 1, tmp_path, "parquet")
+    feed = loading(1, tmp_path, "parquet")
+    theirs, ours, native_subs, subs = run_pair(2, True, data, streams, source=PLAIN, feed=feed)
     try:
         assert not ours._streams.watches("ev", ours._catalog)  # read by the workers
         want = canon(read_native(native_subs["hot"], QUIESCED_MS))

@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import laminardb_native as native
@@ -161,14 +161,18 @@ def run_pair(
     *,
     merged: bool = False,
     stall_s: float | None = None,
+    source: str = SOURCE,
+    feed: Callable[[Any, int, list[Row]], None] | None = None,
 ) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
-    """Native and a cluster of `workers`, each with `streams` over `ev` and subscribed, fed
-    `data` call by call. `merged`: every stream must be merged across workers (when there
-    are several); `stall_s`: the mergers' safety net (1e9: windows close by the clock only)."""
+    """Native and a cluster of `workers`, each with `streams` over `ev` (made by `source`)
+    and subscribed, fed `data` call by call. `merged`: every stream must be merged across
+    workers (when there are several); `stall_s`: the mergers' safety net (1e9: windows
+    close by the clock only); `feed(ours, i, rows)`: how call `i` reaches the cluster
+    (natively always one insert)."""
     theirs = native.open(":memory:")
     ours = laminardb.open(":memory:", workers=workers)
     for conn, key in ((theirs, ""), (ours, " PARTITION BY (device)" if keyed else "")):
-        conn.execute(SOURCE.format(partition=key))
+        conn.execute(source.format(partition=key))
         for sql in streams.values():
             conn.execute(sql)
     if merged and workers > 1:
@@ -180,9 +184,12 @@ def run_pair(
     subs = {name: ours.subscribe_stream(name) for name in streams}
     theirs.start()
     ours.start()
-    for rows in data:
+    for i, rows in enumerate(data):
         theirs.insert("ev", arrow(rows))
-        ours.insert("ev", arrow(rows))
+        if feed is None:
+            ours.insert("ev", arrow(rows))
+        else:
+            feed(ours, i, rows)
     # Native has then produced every result: reading it needs no long quiet wait.
     quiesce(theirs, time.monotonic())
     return theirs, ours, native_subs, subs
