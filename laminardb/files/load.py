@@ -16,6 +16,10 @@ says which worker holds which rows, and only then commits, as the router does fo
 So a load survives a reopen, and a worker restarted later gets its share back from the log.
 A worker that dies before the record is written is restarted and the load runs again; after
 it, the restarted worker replays its share from the log and the others have committed theirs.
+
+The exception is a source whose inserts the coordinator's streams must see (a WATERMARK, or
+a merged stream reading it): there the coordinator reads the files and inserts the rows as
+one call (`_through_insert`).
 """
 
 from __future__ import annotations
