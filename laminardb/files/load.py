@@ -59,8 +59,8 @@ def load(conn: Connection, table: str, path: str, fmt: str | None, options: dict
     relation = conn._catalog.get(table)
     if relation is None or relation.kind != "source":
         raise ddl.not_found(table)
-    opts = resolve(path, fmt, options)
     paths = splits.expand(path, relation.name)
+    opts = resolve(path, fmt, options, paths)
     router = conn._router
     router.flush(relation.name)  # rows inserted before the load stay before it
     if conn._streams.watches(relation.name, conn._catalog):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,8 +46,11 @@ def format_of(path: str) -> str | None:
     return _ALIASES.get(ext.lower().lstrip("."))
 
 
-def resolve(path: str, fmt: str | None, options: dict[str, Any]) -> FileOptions:
-    """Check `options` and settle the format (given, else from `path`'s extension)."""
+def resolve(
+    path: str, fmt: str | None, options: dict[str, Any], files: Sequence[str] = ()
+) -> FileOptions:
+    """Check `options` and settle the format: given, else from `path`'s extension, else
+    (a folder, a glob without one) from the extension its `files` all share."""
     unknown = sorted(set(options) - _KNOWN)
     if unknown:
         raise bad_option(
@@ -60,9 +64,13 @@ def resolve(path: str, fmt: str | None, options: dict[str, Any]) -> FileOptions:
             raise bad_option(f"unknown file format {str(given)!r}; use one of {', '.join(FORMATS)}")
     else:
         name = format_of(path)
+        found = {format_of(f) for f in files}
+        if name is None and len(found) == 1:
+            name = found.pop()
         if name is None:
+            of = "its files' extensions" if files and files[0] != path else "its extension"
             raise bad_option(
-                f"cannot tell the format of {path!r} from its extension; "
+                f"cannot tell the format of {path!r} from {of}; "
                 f"pass format= (one of {', '.join(FORMATS)})"
             )
     header = _bool(options.get("header", True), "header")

@@ -63,6 +63,20 @@ def test_unknown_format(db2: Any, keyed: str, tmp_path: Path) -> None:
     _unchanged(db2, keyed, tmp_path)
 
 
+def test_a_folder_of_mixed_or_no_files(db2: Any, keyed: str, tmp_path: Path) -> None:
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    write(sample(3), str(mixed / "a.csv"), "csv")
+    write(sample(3), str(mixed / "b.parquet"), "parquet")
+    with pytest.raises(QueryError, match=r"cannot tell the format of .*mixed.* files' extensions"):
+        db2.load(keyed, str(mixed))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(IngestionError, match=r"folder .*empty.* holds no file"):
+        db2.load(keyed, str(empty))
+    _unchanged(db2, keyed, tmp_path)
+
+
 def test_unknown_source(db2: Any, tmp_path: Path) -> None:
     path = write(sample(3), str(tmp_path / "a.csv"), "csv")
     with pytest.raises(Exception, match="nosuch"):

@@ -86,6 +86,24 @@ def test_load_after_inserts_keeps_both(db2: Any, tmp_path: Path) -> None:
     assert db2.sql(f"SELECT count(*) FROM {name}").fetchall() == [(90,)]
 
 
+def test_a_folder_or_glob_takes_the_format_its_files_share(db2: Any, tmp_path: Path) -> None:
+    import gzip
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    for i in range(3):
+        plain = write(sample(20, seed=i), str(folder / f"part-{i}.csv"), "csv")
+        if i:  # compressed or not, each is a CSV file
+            with open(plain, "rb") as f:
+                Path(plain + ".gz").write_bytes(gzip.compress(f.read()))
+            Path(plain).unlink()
+    (folder / "_SUCCESS").write_text("")  # a part folder's marker: not a file of the load
+    name, _ = _create(db2, keyed=True)
+    assert db2.load(name, str(folder)) == 60
+    assert db2.execute(f"COPY {name} FROM '{folder}/part-*'").rows_affected == 60
+    assert db2.sql(f"SELECT count(*) FROM {name}").fetchall() == [(120,)]
+
+
 def test_persistent_connection_keeps_loaded_rows(tmp_path: Path) -> None:
     import laminardb
 
