@@ -148,6 +148,50 @@ def test_method_parameters_like_native(cls: str, member: str) -> None:
     _compatible(getattr(getattr(laminardb, cls), member), theirs)
 
 
+_TEXT_PARAMETERS = {"table", "sql", "query", "name", "filter", "data"}
+
+
+@pytest.fixture(scope="module")
+def both() -> Iterator[tuple[Any, Any]]:
+    theirs = native.open(":memory:")
+    ours = laminardb.open(":memory:", workers=2)
+    for conn in (theirs, ours):
+        conn.execute("CREATE SOURCE s (a BIGINT)")
+    yield theirs, ours
+    ours.close()
+    theirs.close()
+
+
+def _text_calls() -> list[tuple[str, int, Any]]:
+    """(method, position, a wrong value) for every native Connection parameter that takes
+    a string (None is not wrong where it is the default: `query_stream`'s filter)."""
+    calls = []
+    for member in sorted(public(native.Connection)):
+        params = _parameters(getattr(native.Connection, member))
+        for i, param in enumerate(params[0] if params else []):
+            if param in _TEXT_PARAMETERS and not (member == "insert" and param == "data"):
+                calls += [(member, i, value) for value in (5, None) if param != "filter" or value]
+    return calls
+
+
+@pytest.mark.parametrize(("member", "position", "value"), _text_calls())
+def test_a_string_parameter_given_another_type_fails_as_natively(
+    both: tuple[Any, Any], member: str, position: int, value: Any
+) -> None:
+    """The same TypeError, message and all, before anything is done (not an AttributeError
+    from deep inside the coordinator)."""
+    errors = []
+    for conn in both:
+        args = ["s"] * position + [value, None]  # a later argument: never reached
+        params = _parameters(getattr(native.Connection, member))
+        assert params is not None
+        with pytest.raises(TypeError) as info:
+            getattr(conn, member)(*args[: len(params[0])])
+        errors.append(str(info.value))
+    assert errors[0] == errors[1]
+    assert both[1].sql("SELECT count(*) FROM s").fetchall() == [(0,)]
+
+
 @pytest.mark.parametrize("name", ["open", "sql", "execute", "mv"])
 def test_module_function_parameters_like_native(name: str) -> None:
     theirs = _parameters(getattr(native, name))

@@ -79,6 +79,10 @@ def test_errors_are_native_classes_and_nothing_is_half_applied(service: tuple[Cl
             db.sql("SELEC 1")
         with pytest.raises(laminardb.SchemaError, match="errs"):
             db.execute("CREATE SOURCE errs (id BIGINT)")
+        with pytest.raises(TypeError, match="argument 'query': 'NoneType' object cannot be cast"):
+            db.sql(None)
+        with pytest.raises(TypeError, match="argument 'table': 'int' object cannot be cast"):
+            db.insert_json(5, "[]")
         assert db.sql("SELECT count(*) AS n FROM errs").to_arrow().column(0)[0].as_py() == 0
         assert db.insert_json("errs", '[{"id": 7, "name": "j"}]') == 1
         assert db.insert_csv("errs", "id,name\n8,c\n") == 1

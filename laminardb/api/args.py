@@ -1,0 +1,59 @@
+"""Argument checks of the public API: a `str` parameter given anything else fails as the
+native bindings fail (their generated argument parsing: `TypeError: argument 'table':
+'NoneType' object cannot be cast as 'str'`), before any work is done, rather than deep in
+the coordinator with an `AttributeError`."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
+_Check = tuple[int, str, bool]  # position (self is 0), name, None allowed
+_TEXT = {"str": False, "str | None": True}
+
+
+def text_arguments(cls: type[_T]) -> type[_T]:
+    """`cls` with each public method that takes `str` parameters checking them on call."""
+    for name, member in list(vars(cls).items()):
+        if name.startswith("_") or not inspect.isfunction(member):
+            continue
+        checks = [
+            (i, p.name, _TEXT[p.annotation])
+            for i, p in enumerate(inspect.signature(member).parameters.values())
+            if isinstance(p.annotation, str) and p.annotation in _TEXT
+        ]
+        if checks:
+            setattr(cls, name, _checked(member, checks))
+    return cls
+
+
+def not_text(name: str, value: object) -> TypeError:
+    """The native bindings' error for argument `name` given `value`, not a string."""
+    return TypeError(f"argument '{name}': '{type(value).__name__}' object cannot be cast as 'str'")
+
+
+def _check(checks: list[_Check], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    for i, name, optional in checks:
+        if i < len(args):
+            value = args[i]
+        elif name in kwargs:
+            value = kwargs[name]
+        else:
+            continue  # left to its default, or to Python's own missing-argument error
+        if not isinstance(value, str) and not (optional and value is None):
+            raise not_text(name, value)
+
+
+def _checked(fn: Callable[..., Any], checks: list[_Check]) -> Callable[..., Any]:
+    """`fn` checking its arguments first; for an `async def`, on the call, not once awaited
+    (as natively: a bad argument fails `subscribe_async(None)` itself)."""
+
+    @functools.wraps(fn)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        _check(checks, args, kwargs)
+        return fn(*args, **kwargs)
+
+    return checked
