@@ -68,6 +68,10 @@ def test_folder_of_parts(db2: Any, source: str, tmp_path: Path) -> None:
     parts = sorted(p.name for p in folder.iterdir())
     assert parts == ["part-0.parquet", "part-1.parquet"]  # one per worker
     assert _bag(pq.read_table(folder)) == _bag(expected)
+    back = f"{source}_back"  # the folder loads back as it is (its files' format)
+    db2.execute(f"CREATE SOURCE {back} (device VARCHAR, n BIGINT)")
+    assert db2.load(back, str(folder)) == expected.num_rows
+    assert _bag(db2.sql(f"SELECT * FROM {back}").to_arrow()) == _bag(expected)
     ordered = tmp_path / "sorted"
     db2.execute(f"COPY ({query} ORDER BY n LIMIT 1000) TO '{ordered}/'")
     assert [p.name for p in ordered.iterdir()] == ["part-0.parquet"]  # one exact answer
