@@ -1,29 +1,31 @@
-"""Argument checks of the public API: a `str` parameter given anything else fails as the
-native bindings fail (their generated argument parsing: `TypeError: argument 'table':
-'NoneType' object cannot be cast as 'str'`), before any work is done, rather than deep in
-the coordinator with an `AttributeError`."""
+"""Argument checks of the public API: a `str` or `int` parameter given anything else fails
+as the native bindings fail (their generated argument parsing: `TypeError: argument
+'table': 'NoneType' object cannot be cast as 'str'`), before any work is done, rather than
+deep in the coordinator with an `AttributeError` or a "not found" for the wrong reason."""
 
 from __future__ import annotations
 
 import functools
 import inspect
+import operator
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 _T = TypeVar("_T")
-_Check = tuple[int, str, bool]  # position (self is 0), name, None allowed
-_TEXT = {"str": False, "str | None": True}
+_Check = tuple[int, str, str]  # position (self is 0), name, annotation
+_CHECKED = ("str", "str | None", "int")
 
 
 def text_arguments(cls: type[_T]) -> type[_T]:
-    """`cls` with each public method that takes `str` parameters checking them on call."""
+    """`cls` with each public method that takes `str` or `int` parameters checking them on
+    call."""
     for name, member in list(vars(cls).items()):
         if name.startswith("_") or not inspect.isfunction(member):
             continue
         checks = [
-            (i, p.name, _TEXT[p.annotation])
+            (i, p.name, p.annotation)
             for i, p in enumerate(inspect.signature(member).parameters.values())
-            if isinstance(p.annotation, str) and p.annotation in _TEXT
+            if isinstance(p.annotation, str) and p.annotation in _CHECKED
         ]
         if checks:
             setattr(cls, name, _checked(member, checks))
@@ -35,15 +37,31 @@ def not_text(name: str, value: object) -> TypeError:
     return TypeError(f"argument '{name}': '{type(value).__name__}' object cannot be cast as 'str'")
 
 
+def not_integer(name: str, value: object) -> TypeError:
+    """The native bindings' error for argument `name` given `value`, not an integer."""
+    kind = type(value).__name__
+    return TypeError(f"argument '{name}': '{kind}' object cannot be interpreted as an integer")
+
+
+def integer_arg(name: str, value: object) -> int:
+    """`value` as an int (anything with `__index__`: a float is not truncated, a string not
+    parsed), or the native error."""
+    if not hasattr(type(value), "__index__"):
+        raise not_integer(name, value)
+    return operator.index(value)  # type: ignore[arg-type]
+
+
 def _check(checks: list[_Check], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    for i, name, optional in checks:
+    for i, name, annotation in checks:
         if i < len(args):
             value = args[i]
         elif name in kwargs:
             value = kwargs[name]
         else:
             continue  # left to its default, or to Python's own missing-argument error
-        if not isinstance(value, str) and not (optional and value is None):
+        if annotation == "int":
+            integer_arg(name, value)
+        elif not isinstance(value, str) and not (annotation == "str | None" and value is None):
             raise not_text(name, value)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import unicodedata
 
+from laminardb.api.args import not_text
 from laminardb.api.results import unsigned_arg
 
 __all__ = ["LaminarConfig"]
@@ -49,10 +50,7 @@ class LaminarConfig:
         self._buffer_size = unsigned_arg("buffer_size", buffer_size)
         if storage_dir is not None:
             if not isinstance(storage_dir, str):
-                raise TypeError(
-                    f"argument 'storage_dir': '{type(storage_dir).__name__}' object "
-                    "cannot be cast as 'str'"
-                )
+                raise not_text("storage_dir", storage_dir)
             storage_dir.encode("utf-8")
         self._storage_dir = storage_dir
         self._checkpoint_interval_ms = (

@@ -9,11 +9,12 @@ always read from the first row.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pyarrow as pa
+
+from laminardb.api.args import integer_arg
 
 __all__ = ["CheckpointResult", "ExecuteResult", "QueryResult", "unsigned_arg"]
 
@@ -23,10 +24,7 @@ _U64_MAX = 2**64 - 1
 
 def unsigned_arg(name: str, value: Any) -> int:
     """`value` as a non-negative 64-bit int, failing like the native (pyo3) argument parser."""
-    if not hasattr(type(value), "__index__"):
-        kind = type(value).__name__
-        raise TypeError(f"argument '{name}': '{kind}' object cannot be interpreted as an integer")
-    number = operator.index(value)
+    number = integer_arg(name, value)
     if number < 0:
         raise OverflowError("can't convert negative int to unsigned")
     if number > _U64_MAX:

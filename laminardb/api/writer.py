@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import operator
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import pyarrow as pa
 
+from laminardb.api.args import integer_arg
 from laminardb.api.errors import IngestionError, codes
 
 if TYPE_CHECKING:
@@ -22,13 +22,7 @@ class _Inserter(Protocol):
 def timestamp_arg(value: object) -> int:
     """`value` as the integer timestamp `Writer.watermark` takes; the native TypeError for
     anything else (a float is not truncated, a string not parsed)."""
-    try:
-        return operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(
-            f"argument 'timestamp': '{type(value).__name__}' object cannot be interpreted "
-            "as an integer"
-        ) from None
+    return integer_arg("timestamp", value)
 
 
 class WriterBase:

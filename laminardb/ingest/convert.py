@@ -49,6 +49,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
+from laminardb.api.args import not_text
 from laminardb.ingest.cast import (
     ARROW_ERRORS,
     Column,
@@ -327,7 +328,7 @@ def to_table(data: object, schema: pa.Schema, *, table: str) -> pa.Table:
 
 def _require_str(text: object) -> str:
     if not isinstance(text, str):
-        raise TypeError(f"argument 'data': '{type(text).__name__}' object cannot be cast as 'str'")
+        raise not_text("data", text)
     return text
 
 

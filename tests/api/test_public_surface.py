@@ -148,7 +148,12 @@ def test_method_parameters_like_native(cls: str, member: str) -> None:
     _compatible(getattr(getattr(laminardb, cls), member), theirs)
 
 
-_TEXT_PARAMETERS = {"table", "sql", "query", "name", "filter", "data"}
+#: Wrong values for each kind of native Connection parameter, by parameter name.
+_WRONG: dict[str, tuple[Any, ...]] = {
+    **dict.fromkeys(("table", "sql", "query", "name", "data"), (5, None)),
+    "filter": (5,),  # None is its default
+    "query_id": ("7", None, 1.5),
+}
 
 
 @pytest.fixture(scope="module")
@@ -162,20 +167,20 @@ def both() -> Iterator[tuple[Any, Any]]:
     theirs.close()
 
 
-def _text_calls() -> list[tuple[str, int, Any]]:
+def _typed_calls() -> list[tuple[str, int, Any]]:
     """(method, position, a wrong value) for every native Connection parameter that takes
-    a string (None is not wrong where it is the default: `query_stream`'s filter)."""
+    a string or an integer."""
     calls = []
     for member in sorted(public(native.Connection)):
         params = _parameters(getattr(native.Connection, member))
         for i, param in enumerate(params[0] if params else []):
-            if param in _TEXT_PARAMETERS and not (member == "insert" and param == "data"):
-                calls += [(member, i, value) for value in (5, None) if param != "filter" or value]
+            if not (member == "insert" and param == "data"):  # data: any Arrow-like object
+                calls += [(member, i, value) for value in _WRONG.get(param, ())]
     return calls
 
 
-@pytest.mark.parametrize(("member", "position", "value"), _text_calls())
-def test_a_string_parameter_given_another_type_fails_as_natively(
+@pytest.mark.parametrize(("member", "position", "value"), _typed_calls())
+def test_a_parameter_of_another_type_fails_as_natively(
     both: tuple[Any, Any], member: str, position: int, value: Any
 ) -> None:
     """The same TypeError, message and all, before anything is done (not an AttributeError
