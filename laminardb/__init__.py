@@ -12,6 +12,8 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
+from laminardb.api.args import integer_arg, not_text
+
 if TYPE_CHECKING:
     from laminardb.api.catalog import (
         PipelineEdge,
@@ -144,7 +146,11 @@ def open(
     **options: Any,
 ) -> Connection:
     """Open a database served by `workers` processes (default: one per usable core)."""
-    count = default_workers() if workers is None else int(workers)
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)  # beyond native, which takes str only
+    if not isinstance(path, str):
+        raise not_text("path", path)
+    count = default_workers() if workers is None else integer_arg("workers", workers)
     if count < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     from laminardb.api.connection import Connection

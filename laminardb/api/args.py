@@ -66,8 +66,15 @@ def _check(checks: list[_Check], args: tuple[Any, ...], kwargs: dict[str, Any]) 
 
 
 def _checked(fn: Callable[..., Any], checks: list[_Check]) -> Callable[..., Any]:
-    """`fn` checking its arguments first; for an `async def`, on the call, not once awaited
-    (as natively: a bad argument fails `subscribe_async(None)` itself)."""
+    """`fn` checking its arguments first (an `async def` stays one: checked when awaited)."""
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def checked_async(*args: Any, **kwargs: Any) -> Any:
+            _check(checks, args, kwargs)
+            return await fn(*args, **kwargs)
+
+        return checked_async
 
     @functools.wraps(fn)
     def checked(*args: Any, **kwargs: Any) -> Any:

@@ -7,6 +7,7 @@ the same module-level helpers (`open`, `connect`, `sql`, `execute`, `mv`).
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import inspect
 from collections.abc import Iterator
@@ -191,7 +192,9 @@ def test_a_parameter_of_another_type_fails_as_natively(
         params = _parameters(getattr(native.Connection, member))
         assert params is not None
         with pytest.raises(TypeError) as info:
-            getattr(conn, member)(*args[: len(params[0])])
+            called = getattr(conn, member)(*args[: len(params[0])])
+            if inspect.iscoroutine(called):  # ours: an async def, checked when awaited
+                asyncio.run(called)
         errors.append(str(info.value))
     assert errors[0] == errors[1]
     assert both[1].sql("SELECT count(*) FROM s").fetchall() == [(0,)]
@@ -225,6 +228,20 @@ def test_codes_like_native() -> None:
 # ---------------------------------------------------------------------------------------------
 # Module-level functions
 # ---------------------------------------------------------------------------------------------
+
+
+def test_open_refuses_a_path_or_worker_count_of_another_type(tmp_path: Any) -> None:
+    for path in (None, 5):
+        with pytest.raises(TypeError) as theirs:
+            native.open(path)
+        with pytest.raises(TypeError) as ours:
+            laminardb.open(path, workers=1)
+        assert str(ours.value) == str(theirs.value)
+    for count in ("2", 2.5):
+        with pytest.raises(TypeError, match=r"argument 'workers': .* interpreted as an integer"):
+            laminardb.open(":memory:", workers=count)
+    with laminardb.open(tmp_path / "db", workers=1) as conn:  # a Path, beyond native
+        assert conn.path == str(tmp_path / "db")
 
 
 def test_open_and_connect_give_working_connections() -> None:
