@@ -16,7 +16,7 @@ _Check = tuple[int, str, str]  # position (self is 0), name, annotation
 _CHECKED = ("str", "str | None", "int")
 
 
-def text_arguments(cls: type[_T]) -> type[_T]:
+def typed_arguments(cls: type[_T]) -> type[_T]:
     """`cls` with each public method that takes `str` or `int` parameters checking them on
     call."""
     for name, member in list(vars(cls).items()):

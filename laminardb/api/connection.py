@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from laminardb.api import observe
-from laminardb.api.args import text_arguments
+from laminardb.api.args import typed_arguments
 from laminardb.api.catalog import QueryInfo, SourceInfo, WorkerInfo
 from laminardb.api.config import LaminarConfig
 from laminardb.api.errors import (
@@ -73,7 +73,7 @@ _HOME_ONLY = {StatementKind.UPDATE, StatementKind.DELETE}
 _METADATA = {StatementKind.SHOW, StatementKind.DESCRIBE, StatementKind.EXPLAIN}
 
 
-@text_arguments
+@typed_arguments
 class Connection:
     """A LaminarDB database whose sources are sharded over worker processes.
 
