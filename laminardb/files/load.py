@@ -59,6 +59,9 @@ def load(conn: Connection, table: str, path: str, fmt: str | None, options: dict
     relation = conn._catalog.get(table)
     if relation is None or relation.kind != "source":
         raise ddl.not_found(table)
+    # The workers resolve a relative path against their own working directory, the one
+    # this process had when it started them: resolve it here, against the current one.
+    path = os.path.abspath(path)
     paths = splits.expand(path, relation.name)
     opts = resolve(path, fmt, options, paths)
     router = conn._router

@@ -104,6 +104,23 @@ def test_a_folder_or_glob_takes_the_format_its_files_share(db2: Any, tmp_path: P
     assert db2.sql(f"SELECT count(*) FROM {name}").fetchall() == [(120,)]
 
 
+def test_a_relative_path_is_the_callers_not_the_workers(
+    db2: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "in").mkdir()
+    write(sample(30), str(tmp_path / "in" / "rows.csv"), "csv")
+    monkeypatch.chdir(tmp_path)  # the workers were started elsewhere
+    name, _ = _create(db2, keyed=True)
+    assert db2.load(name, "in/rows.csv") == 30
+    monkeypatch.chdir(tmp_path / "in")
+    assert db2.execute(f"COPY {name} FROM 'rows.csv'").rows_affected == 30
+    assert db2.execute(f"COPY {name} TO 'parts/'").rows_affected == 60
+    assert sorted(p.name for p in (tmp_path / "in" / "parts").iterdir()) == [
+        "part-0.parquet",
+        "part-1.parquet",
+    ]
+
+
 def test_persistent_connection_keeps_loaded_rows(tmp_path: Path) -> None:
     import laminardb
 
