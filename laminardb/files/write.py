@@ -113,10 +113,30 @@ def per_worker_source(sql: str, catalog: Catalog) -> str | None:
 
 
 def _write_ndjson(table: pa.Table, sink: Any) -> None:
+    line = _decimal_line if any(pa.types.is_decimal(f.type) for f in table.schema) else _line
     for batch in table.to_batches(max_chunksize=65_536):
-        lines = [json.dumps(row, default=_plain) for row in batch.to_pylist()]
+        lines = [line(row) for row in batch.to_pylist()]
         if lines:
             sink.write(("\n".join(lines) + "\n").encode("utf-8"))
+
+
+def _line(row: dict[str, Any]) -> str:
+    return json.dumps(row, default=_plain)
+
+
+def _decimal_line(row: dict[str, Any]) -> str:
+    """A row whose decimals are written as JSON numbers, digit for digit (as text they
+    would not load back into a DECIMAL column, and as floats they would lose digits)."""
+    return (
+        "{"
+        + ", ".join(
+            f"{json.dumps(k)}: {v}"
+            if isinstance(v, decimal.Decimal)
+            else f"{json.dumps(k)}: {json.dumps(v, default=_plain)}"
+            for k, v in row.items()
+        )
+        + "}"
+    )
 
 
 def _plain(value: object) -> object:

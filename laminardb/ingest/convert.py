@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import csv
 import datetime
+import decimal
+import functools
 import io
 import json
 import re
@@ -332,16 +334,18 @@ def _require_str(text: object) -> str:
     return text
 
 
-def _json_records(text: str, table: str) -> list[Any]:
-    """The records of a JSON array of objects, one JSON object, or NDJSON lines."""
+def _json_records(text: str, table: str, exact: bool = False) -> list[Any]:
+    """The records of a JSON array of objects, one JSON object, or NDJSON lines; `exact`:
+    numbers with a fraction or exponent as `Decimal` (a float keeps 15-17 digits)."""
     if not text.strip():
         return []
+    loads = functools.partial(json.loads, parse_float=decimal.Decimal) if exact else json.loads
     try:
         if text.lstrip().startswith("["):
-            doc = json.loads(text)
+            doc = loads(text)
             return list(doc) if isinstance(doc, list) else [doc]
         try:
-            return [json.loads(text)]
+            return [loads(text)]
         except json.JSONDecodeError as exc:
             if not exc.msg.startswith("Extra data"):
                 raise
@@ -351,7 +355,7 @@ def _json_records(text: str, table: str) -> list[Any]:
         ) from None
     lines = [line for line in text.split("\n") if line.strip()]
     try:  # NDJSON: all lines in one parse, unless a line is broken
-        return list(json.loads("[" + ",".join(lines) + "]"))
+        return list(loads("[" + ",".join(lines) + "]"))
     except json.JSONDecodeError:
         pass
     for number, line in enumerate(text.split("\n"), start=1):
@@ -415,14 +419,30 @@ def from_json(text: str, schema: pa.Schema, *, table: str) -> pa.Table:
         fast = _ndjson_by_arrow(text, schema)
         if fast is not None:
             return conform_table(fast, schema, table)
-    records = _json_records(text, table)
+    exact = {f.name for f in schema if pa.types.is_decimal(f.type)}
+    records = _json_records(text, table, exact=bool(exact))
     for i, record in enumerate(records):
         if not isinstance(record, dict):
             raise ingest_error(table, f"JSON record {i} is not an object: {show(record)}")
+        if exact:  # a DECIMAL column takes the number as written, every other one a float
+            for key, value in record.items():
+                if key not in exact:
+                    record[key] = _floats(value)
     return _from_rows(records, schema, table) if records else schema.empty_table()
 
 
 _TEXT = pa.string()
+
+
+def _floats(value: Any) -> Any:
+    """`value` with every `Decimal` in it a float again, as `json` would have parsed it."""
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, list):
+        return [_floats(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _floats(v) for k, v in value.items()}
+    return value
 
 
 def from_csv(text: str, schema: pa.Schema, *, table: str) -> pa.Table:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,25 @@ def test_folder_of_parts(db2: Any, source: str, tmp_path: Path) -> None:
     assert [p.name for p in ordered.iterdir()] == ["part-0.parquet"]  # one exact answer
     assert pq.read_table(ordered).column("n").to_pylist() == sorted(
         expected.column("n").to_pylist()
+    )
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "parquet"])
+def test_decimals_round_trip_digit_for_digit(db2: Any, fmt: str, tmp_path: Path) -> None:
+    name = f"dec_{fmt}"
+    db2.execute(f"CREATE SOURCE {name} (id BIGINT, x DECIMAL(38, 2)) PARTITION BY (id)")
+    values = [Decimal("123456789012345678901.23"), Decimal("-0.05"), None, Decimal("7.00")]
+    db2.insert(
+        name,
+        pa.table(
+            {"id": pa.array(range(4), pa.int64()), "x": pa.array(values, pa.decimal128(38, 2))}
+        ),
+    )
+    db2.execute(f"COPY {name} TO '{tmp_path}/out.{fmt}'")
+    db2.execute(f"CREATE SOURCE {name}_back (id BIGINT, x DECIMAL(38, 2))")
+    assert db2.load(f"{name}_back", str(tmp_path / f"out.{fmt}")) == 4
+    assert _bag(db2.sql(f"SELECT * FROM {name}_back").to_arrow()) == _bag(
+        db2.sql(f"SELECT * FROM {name}").to_arrow()
     )
 
 

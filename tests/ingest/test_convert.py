@@ -553,6 +553,24 @@ def test_json_values_are_validated() -> None:
         from_json(b"[]", SCHEMA, table=TABLE)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("shape", ["array", "ndjson"])
+def test_json_numbers_reach_a_decimal_column_digit_for_digit(shape: str) -> None:
+    schema = pa.schema(
+        [("x", pa.decimal128(38, 2)), ("f", pa.float64()), ("v", pa.list_(pa.float64()))]
+    )
+    records = [
+        '{"x": 123456789012345678901.23, "f": 0.1, "v": [1.5, 2e300]}',
+        '{"x": 7, "f": 3, "v": []}',
+    ]
+    text = f"[{', '.join(records)}]" if shape == "array" else "\n".join(records)
+    table = from_json(text, schema, table=TABLE)
+    assert table.column("x").to_pylist() == [Decimal("123456789012345678901.23"), Decimal("7.00")]
+    assert table.column("f").to_pylist() == [0.1, 3.0]  # every other column: floats, as before
+    assert table.column("v").to_pylist() == [[1.5, 2e300], []]
+    with pytest.raises(SchemaError, match=r"column 'x'.*1\.005"):  # rounding is refused
+        from_json('{"x": 1.005, "f": 0, "v": []}', schema, table=TABLE)
+
+
 HEADER = ",".join(NAMES) + "\n"
 
 
