@@ -113,7 +113,7 @@ def per_worker_source(sql: str, catalog: Catalog) -> str | None:
 
 
 def _write_ndjson(table: pa.Table, sink: Any) -> None:
-    line = _decimal_line if any(pa.types.is_decimal(f.type) for f in table.schema) else _line
+    line = _exact_json if any(_has_decimal(f.type) for f in table.schema) else _line
     for batch in table.to_batches(max_chunksize=65_536):
         lines = [line(row) for row in batch.to_pylist()]
         if lines:
@@ -124,19 +124,22 @@ def _line(row: dict[str, Any]) -> str:
     return json.dumps(row, default=_plain)
 
 
-def _decimal_line(row: dict[str, Any]) -> str:
-    """A row whose decimals are written as JSON numbers, digit for digit (as text they
-    would not load back into a DECIMAL column, and as floats they would lose digits)."""
-    return (
-        "{"
-        + ", ".join(
-            f"{json.dumps(k)}: {v}"
-            if isinstance(v, decimal.Decimal)
-            else f"{json.dumps(k)}: {json.dumps(v, default=_plain)}"
-            for k, v in row.items()
-        )
-        + "}"
-    )
+def _has_decimal(kind: pa.DataType) -> bool:
+    if pa.types.is_decimal(kind):
+        return True
+    return any(_has_decimal(kind.field(i).type) for i in range(kind.num_fields))
+
+
+def _exact_json(value: object) -> str:
+    """`value` as JSON with its decimals as JSON numbers, digit for digit, nested ones too
+    (as text they would not load back into a DECIMAL column, as floats they lose digits)."""
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)}: {_exact_json(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_exact_json(v) for v in value) + "]"
+    return json.dumps(value, default=_plain)
 
 
 def _plain(value: object) -> object:

@@ -100,6 +100,18 @@ def test_decimals_round_trip_digit_for_digit(db2: Any, fmt: str, tmp_path: Path)
     )
 
 
+def test_nested_decimals_are_written_as_json_numbers(db2: Any, tmp_path: Path) -> None:
+    db2.execute("CREATE SOURCE dec_nested (id BIGINT, x DECIMAL(38, 2)) PARTITION BY (id)")
+    db2.insert("dec_nested", [{"id": 1, "x": Decimal("123456789012345678901.23")}])
+    db2.execute(
+        f"COPY (SELECT id, x, array_agg(x) AS xs FROM dec_nested GROUP BY id, x) "
+        f"TO '{tmp_path}/out.json'"
+    )
+    row = json.loads((tmp_path / "out.json").read_text(), parse_float=Decimal)
+    assert row["x"] == Decimal("123456789012345678901.23")
+    assert row["xs"] == [Decimal("123456789012345678901.23")]  # a number, not the text
+
+
 def test_query_result_writers(db2: Any, source: str, tmp_path: Path) -> None:
     result = db2.sql(f"SELECT * FROM {source}")
     assert result.write_parquet(str(tmp_path / "r.parquet")) == 500
