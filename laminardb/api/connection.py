@@ -49,7 +49,7 @@ from laminardb.files import load as files_load
 from laminardb.files import progress as files_progress
 from laminardb.ingest import convert
 from laminardb.ingest.router import FLUSH_DELAY_S, SPLIT_ROWS
-from laminardb.plan import distributed, gather, statements
+from laminardb.plan import distributed, gather, statements, tokens
 from laminardb.plan.statements import StatementKind
 from laminardb.streams import feed as stream_feed
 from laminardb.streams.hub import StreamHub
@@ -429,7 +429,7 @@ class Connection:
         """Run one statement (several separated by `;` run in order; the last result is returned)."""
         with self._lock:
             self._check()
-            texts = statements.split_statements(sql)
+            texts = tokens.split_statements(sql)
             if not texts:
                 raise QueryError("Query failed (400): Empty SQL statement", code=codes.QUERY_FAILED)
             for text in texts[:-1]:

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import click
 import psutil
@@ -275,8 +275,18 @@ def stop(state: State, timeout: float) -> None:
     err.print(f"laminardb service stopped (pid {proc.pid})")
 
 
+_EXIT_WORDS = ("exit", "quit", r"\q")
+
+
 @cli.command(epilog=EXIT_CODES)
 @click.argument("statement", required=False)
+@click.option(
+    "--file",
+    "-f",
+    "script",
+    type=click.File("r", encoding="utf-8"),
+    help="run the statements of this SQL file (- for standard input)",
+)
 @_secret_option
 @click.option(
     "--max-rows",
@@ -294,13 +304,27 @@ def stop(state: State, timeout: float) -> None:
 )
 @click.pass_obj
 def sql(
-    state: State, statement: str | None, secret_file: str | None, max_rows: int, fmt: str
+    state: State,
+    statement: str | None,
+    script: TextIO | None,
+    secret_file: str | None,
+    max_rows: int,
+    fmt: str,
 ) -> None:
-    """Run STATEMENT, or (without one) an interactive shell: one statement per line,
-    `exit` or Ctrl-D to leave."""
+    """Run STATEMENT (several separated by `;` run in order, each result shown), the
+    statements of a file (`-f`, or piped in), or without either an interactive shell: a line
+    at a time, `exit` or Ctrl-D to leave. A statement that fails stops a statement list or
+    script with exit code 1; the statements before it keep their effects."""
+    if statement is not None and script is not None:
+        raise click.UsageError("give a STATEMENT or --file, not both")
+    if script is None and statement is None and not sys.stdin.isatty():
+        script = sys.stdin
+    text = _until_exit(script.read()) if script is not None else statement
     with _connect(state, secret_file) as conn:
-        if statement is not None:
-            sys.exit(EXIT_OK if _run(conn, statement, max_rows, fmt) else EXIT_ERROR)
+        if text is not None:
+            if script is not None and not text.strip():
+                sys.exit(EXIT_OK)  # an empty script does nothing, as in other SQL shells
+            sys.exit(EXIT_OK if _run(conn, text, max_rows, fmt) else EXIT_ERROR)
         err.print(f"connected to {conn.path}; `exit` or Ctrl-D to leave")
         while True:
             try:
@@ -308,13 +332,45 @@ def sql(
             except (EOFError, click.Abort):
                 break
             text = line.strip()
-            if text.lower() in ("exit", "quit", r"\q"):
+            if text.lower() in _EXIT_WORDS:
                 break
             if text:
                 _run(conn, text, max_rows, fmt)
 
 
-def _run(conn: Any, statement: str, max_rows: int, fmt: str) -> bool:
+def _until_exit(script: str) -> str:
+    """The script up to a line that is only `exit`, `quit` or `\\q`, as the shell reads it."""
+    lines = script.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.strip().lower() in _EXIT_WORDS:
+            return "".join(lines[:i])
+    return script
+
+
+def _run(conn: Any, text: str, max_rows: int, fmt: str) -> bool:
+    """Run each statement of `text` in order, showing each result; False at the first
+    that fails (the rest are not run)."""
+    from laminardb.api.errors import LaminarError
+    from laminardb.plan.tokens import split_statements
+
+    try:
+        pieces = split_statements(text) or [text]  # the engine words the empty one's error
+    except LaminarError as exc:
+        err.print(f"[red]{type(exc).__name__}: {exc}[/red]")
+        return False
+    for number, piece in enumerate(pieces, start=1):
+        if not _run_one(conn, piece, max_rows, fmt):
+            if len(pieces) > 1:
+                first = piece.splitlines()[0][:60]
+                err.print(
+                    f"[red]statement {number} of {len(pieces)} failed ({first}); "
+                    f"{len(pieces) - number} not run[/red]"
+                )
+            return False
+    return True
+
+
+def _run_one(conn: Any, statement: str, max_rows: int, fmt: str) -> bool:
     from laminardb.api.errors import LaminarError
 
     try:

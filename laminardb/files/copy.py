@@ -24,7 +24,7 @@ from laminardb.cluster.catalog import quote
 from laminardb.files import load, write
 from laminardb.files.options import FileOptions, resolve
 from laminardb.plan import statements
-from laminardb.plan.statements import Token
+from laminardb.plan.tokens import Token, tokenize
 from laminardb.wire import protocol
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ class CopyStatement:
 
 def parse(sql: str) -> CopyStatement:
     """Parse one COPY statement; a malformed one is a QueryError (SQL parse error, 401)."""
-    tokens = list(statements.tokenize(sql))
+    tokens = list(tokenize(sql))
     if not tokens or not tokens[0].is_word("COPY") or len(tokens) < 2:
         raise _syntax(sql, "expected COPY <table> FROM '<path>' or COPY (<query>) TO '<path>'")
     i = 1

@@ -46,7 +46,7 @@ from laminardb.plan import joinagg, joins
 from laminardb.plan.distributed import Fallback, catalog_key, sql_type
 from laminardb.plan.layout import NEVER_SPLIT
 from laminardb.plan.sqltext import NoLocal, name_of, parse, tokens
-from laminardb.plan.statements import Token
+from laminardb.plan.tokens import Token
 
 PREFIX = "__bc_"
 """Private names of shipped relations start with this (`workers/broadcast.py` checks it)."""

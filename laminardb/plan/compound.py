@@ -21,7 +21,7 @@ from sqlglot import exp
 
 from laminardb.cluster.catalog import Catalog
 from laminardb.plan.sqltext import NoLocal, depths, name_of, parse, tail, tokens
-from laminardb.plan.statements import Token
+from laminardb.plan.tokens import Token
 
 PIECE = "__ldb_q"
 """Prefix of the relations that hold the pieces' answers in the merge engine."""

@@ -34,7 +34,7 @@ from laminardb.cluster.catalog import Catalog, Relation, quote
 from laminardb.plan.layout import NEVER_SPLIT
 from laminardb.plan.split import PARTIALS
 from laminardb.plan.sqltext import NoLocal, conjuncts, limits, name_of, parse, tail, tokens
-from laminardb.plan.statements import Token
+from laminardb.plan.tokens import Token
 
 
 class LocalRule(enum.Enum):

@@ -18,7 +18,8 @@ import sqlglot
 from sqlglot import exp
 
 from laminardb.cluster.catalog import Catalog, Relation, quote
-from laminardb.plan.statements import SQLGLOT_DIALECT, tokenize
+from laminardb.plan.statements import SQLGLOT_DIALECT
+from laminardb.plan.tokens import tokenize
 
 
 class NoPlan(Exception):

@@ -56,7 +56,8 @@ from laminardb.cluster.catalog import Catalog, Relation, quote
 from laminardb.plan.distributed import catalog_key
 from laminardb.plan.safesql import NoPush, Typer, condition, schema_typer
 from laminardb.plan.sqltext import conjuncts
-from laminardb.plan.statements import SQLGLOT_DIALECT, tokenize
+from laminardb.plan.statements import SQLGLOT_DIALECT
+from laminardb.plan.tokens import tokenize
 
 ENABLED = True
 """Off: every worker returns `SELECT * FROM r` (the gather path before pushdown; benchmarks)."""

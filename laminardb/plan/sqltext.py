@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import sqlglot
 from sqlglot import exp
 
-from laminardb.plan.statements import SQLGLOT_DIALECT, Token, tokenize
+from laminardb.plan.statements import SQLGLOT_DIALECT
+from laminardb.plan.tokens import Token, tokenize
 
 
 class NoLocal(Exception):

@@ -1,16 +1,16 @@
 """Classify one SQL statement for the coordinator, without parsing LaminarDB's streaming DDL.
 
 sqlglot cannot parse `CREATE SOURCE`, `WATERMARK FOR`, `EMIT ON WINDOW CLOSE` and friends, so
-statements are recognised here from a small tokenizer (comments, string literals and quoted
-identifiers are handled, so a `;` or `PARTITION BY` inside them means nothing). Only SELECTs
-are handed to sqlglot, by `referenced_tables`.
+statements are recognised here from the tokens of `tokens` (comments, string literals and
+quoted identifiers are handled, so a `;` or `PARTITION BY` inside them means nothing). Only
+SELECTs are handed to sqlglot, by `referenced_tables`.
 
 The `PARTITION BY (k[, k2])` clause of `CREATE SOURCE` / `CREATE TABLE` is ours (DESIGN.md
 decision 3): it is parsed, checked against the column list and removed from the text that the
 engines receive.
 
 Native facts matched here (laminardb 0.17.0): `execute("a; b")` runs every statement in order
-and returns the last result (`split_statements` gives the pieces); empty text is
+and returns the last result (`tokens.split_statements` gives the pieces); empty text is
 `QueryError: Query failed (400): Empty SQL statement`; block comments do not nest; strings have
 no backslash escapes; `$$...$$` strings and backquoted identifiers exist. Native keeps the
 object name as written (`ddl_object` of `CREATE SOURCE "My Src"` is `"My Src"`), which is
@@ -23,14 +23,14 @@ import contextlib
 import dataclasses
 import enum
 import importlib
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlglot
 from sqlglot import exp
 
 from laminardb.api.errors import QueryError, SchemaError, codes
+from laminardb.plan.tokens import QUOTED, WORD, Token, parse_error, split_tokens, tokenize
 
 SQLGLOT_DIALECT = "postgres"
 """The sqlglot dialect that parses the most of the conformance corpus (DataFusion SQL)."""
@@ -112,125 +112,6 @@ class Statement:
     emit: str | None = None
 
 
-# ---------------------------------------------------------------------------- tokenizer
-
-_WORD, _QUOTED, _STRING, _NUMBER, _PUNCT = "word", "quoted", "string", "number", "punct"
-
-
-@dataclass(frozen=True)
-class Token:
-    kind: str
-    text: str
-    start: int
-    end: int
-
-    def is_word(self, *words: str) -> bool:
-        return self.kind == _WORD and self.text.upper() in words
-
-    def is_punct(self, char: str) -> bool:
-        return self.kind == _PUNCT and self.text == char
-
-    @property
-    def is_ident(self) -> bool:
-        return self.kind in (_WORD, _QUOTED)
-
-    @property
-    def ident(self) -> str:
-        """The identifier's value: quotes removed (doubled quotes undone), case kept."""
-        if self.kind != _QUOTED:
-            return self.text
-        quote = self.text[0]
-        return self.text[1:-1].replace(quote * 2, quote)
-
-    @property
-    def normalized(self) -> str:
-        """The identifier as SQL resolves it: lower-cased unless quoted."""
-        return self.ident if self.kind == _QUOTED else self.text.lower()
-
-
-_WORD_RE = re.compile(r"[A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_$\u0080-\U0010ffff]*")
-_NUMBER_RE = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-_DOLLAR_RE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$")
-
-
-def _parse_error(message: str) -> QueryError:
-    return QueryError(
-        f"SQL parse error ({codes.SQL_PARSE_ERROR}): {message}", code=codes.SQL_PARSE_ERROR
-    )
-
-
-def tokenize(sql: str) -> Iterator[Token]:
-    """Tokens of `sql`, skipping whitespace and comments; raises QueryError on an open quote."""
-    i, n = 0, len(sql)
-    while i < n:
-        c = sql[i]
-        if c.isspace():
-            i += 1
-        elif sql.startswith("--", i):
-            end = sql.find("\n", i)
-            i = n if end < 0 else end + 1
-        elif sql.startswith("/*", i):
-            end = sql.find("*/", i + 2)
-            if end < 0:
-                raise _parse_error("unterminated block comment")
-            i = end + 2
-        elif c in "'\"`":
-            j = i + 1
-            while True:
-                j = sql.find(c, j)
-                if j < 0:
-                    what = "string literal" if c == "'" else "quoted identifier"
-                    raise _parse_error(f"unterminated {what} at offset {i}")
-                if c != "`" and sql.startswith(c * 2, j):
-                    j += 2
-                    continue
-                break
-            yield Token(_STRING if c == "'" else _QUOTED, sql[i : j + 1], i, j + 1)
-            i = j + 1
-        elif c == "$" and (m := _DOLLAR_RE.match(sql, i)):
-            end = sql.find(m.group(0), m.end())
-            if end < 0:
-                raise _parse_error(f"unterminated dollar-quoted string at offset {i}")
-            end += len(m.group(0))
-            yield Token(_STRING, sql[i:end], i, end)
-            i = end
-        elif m := _WORD_RE.match(sql, i):
-            yield Token(_WORD, m.group(0), i, m.end())
-            i = m.end()
-        elif m := _NUMBER_RE.match(sql, i):
-            yield Token(_NUMBER, m.group(0), i, m.end())
-            i = m.end()
-        else:
-            yield Token(_PUNCT, c, i, i + 1)
-            i += 1
-
-
-def _split_tokens(sql: str) -> list[list[Token]]:
-    """Token lists of the non-empty statements, split at `;` outside strings and comments."""
-    statements: list[list[Token]] = []
-    current: list[Token] = []
-    for token in tokenize(sql):
-        if token.is_punct(";"):
-            if current:
-                statements.append(current)
-            current = []
-        else:
-            current.append(token)
-    if current:
-        statements.append(current)
-    return statements
-
-
-def split_statements(sql: str) -> list[str]:
-    """The non-empty statements of `sql`, in order, each without its `;` and outer comments.
-
-    Native `execute` runs each of them in turn and returns the last one's result (stopping at
-    the first error, with the earlier statements' effects kept), so the coordinator does the
-    same with these pieces.
-    """
-    return [sql[ts[0].start : ts[-1].end] for ts in _split_tokens(sql)]
-
-
 # ---------------------------------------------------------------------------- classification
 
 
@@ -307,16 +188,16 @@ def _classify(sql: str) -> Statement:
     """Classify the single statement in `sql`.
 
     Raises QueryError 400 for empty text (as native does), QueryError 401 for more than one
-    statement (use `split_statements` first) or a malformed PARTITION BY, and SchemaError when
+    statement (use `tokens.split_statements` first) or a malformed PARTITION BY, and SchemaError when
     a PARTITION BY column is not in the column list.
     """
-    statements = _split_tokens(sql)
+    statements = split_tokens(sql)
     if not statements:
         raise QueryError(
             f"Query failed ({codes.QUERY_FAILED}): Empty SQL statement", code=codes.QUERY_FAILED
         )
     if len(statements) > 1:
-        raise _parse_error(
+        raise parse_error(
             f"expected one SQL statement, got {len(statements)} (split them with split_statements)"
         )
     tokens = statements[0]
@@ -427,7 +308,7 @@ def _column_list(rest: Sequence[Token]) -> tuple[list[Token], int] | None:
             item = []
         else:
             item.append(token)
-    raise _parse_error("unbalanced parentheses in the column list")
+    raise parse_error("unbalanced parentheses in the column list")
 
 
 _CONSTRAINT_STARTS = {"PRIMARY", "FOREIGN", "UNIQUE", "CHECK", "CONSTRAINT", "KEY", "INDEX"}
@@ -437,7 +318,7 @@ def _add_column(item: list[Token], names: list[Token]) -> None:
     """Append the column an item defines, skipping WATERMARK FOR and table constraints."""
     if not item or not item[0].is_ident:
         return
-    head = item[0].text.upper() if item[0].kind == _WORD else ""
+    head = item[0].text.upper() if item[0].kind == WORD else ""
     second = item[1] if len(item) > 1 else None
     if head == "WATERMARK" and second is not None and second.is_word("FOR"):
         return
@@ -470,15 +351,15 @@ def column_names(create_source_sql: str) -> list[str]:
 
     Native keeps unquoted names' case (`X INT` gives column `X`) and removes quotes.
     """
-    statement_tokens = _split_tokens(create_source_sql)
+    statement_tokens = split_tokens(create_source_sql)
     if len(statement_tokens) != 1:
-        raise _parse_error("expected one CREATE SOURCE or CREATE TABLE statement")
+        raise parse_error("expected one CREATE SOURCE or CREATE TABLE statement")
     tokens = statement_tokens[0]
     cur = _Cursor(create_source_sql, tokens)
     cur.accept("CREATE")
     cur.accept("OR", "REPLACE")
     if _object_kind(cur) not in (ObjectKind.SOURCE, ObjectKind.TABLE):
-        raise _parse_error("expected a CREATE SOURCE or CREATE TABLE statement")
+        raise parse_error("expected a CREATE SOURCE or CREATE TABLE statement")
     cur.accept("IF", "NOT", "EXISTS")
     cur.name()
     found = _column_list(tokens[cur.pos :])
@@ -499,9 +380,9 @@ def _partitioned(sql: str, tokens: list[Token], rest: list[Token], st: Statement
         if depth == 0 and token.is_word("PARTITION"):
             nxt = rest[i + 1] if i + 1 < len(rest) else None
             if nxt is None or not nxt.is_word("BY"):
-                raise _parse_error("expected BY after PARTITION")
+                raise parse_error("expected BY after PARTITION")
             if clause is not None:
-                raise _parse_error("PARTITION BY given twice")
+                raise parse_error("PARTITION BY given twice")
             keys, end = _partition_keys(rest, i + 2)
             clause = (i, end)
             i = end
@@ -511,10 +392,10 @@ def _partitioned(sql: str, tokens: list[Token], rest: list[Token], st: Statement
         return st
     label = st.raw_name or "?"
     if found is None:
-        raise _parse_error(f"PARTITION BY of '{label}' needs a column list")
+        raise parse_error(f"PARTITION BY of '{label}' needs a column list")
     resolved = tuple(_resolve(key, columns, label) for key in keys)
     if len(set(resolved)) != len(resolved):
-        raise _parse_error(f"PARTITION BY of '{label}' names a column twice")
+        raise parse_error(f"PARTITION BY of '{label}' names a column twice")
     start, end = rest[clause[0]].start, rest[clause[1] - 1].end
     base = tokens[0].start
     head, tail = sql[base:start].rstrip(), sql[end : tokens[-1].end].strip()
@@ -530,7 +411,7 @@ def _partition_keys(rest: list[Token], i: int) -> tuple[list[Token], int]:
         while True:
             token = rest[i] if i < len(rest) else None
             if token is None or not token.is_ident:
-                raise _parse_error("expected a column name in PARTITION BY (...)")
+                raise parse_error("expected a column name in PARTITION BY (...)")
             keys.append(token)
             sep = rest[i + 1] if i + 1 < len(rest) else None
             if sep is not None and sep.is_punct(","):
@@ -538,10 +419,10 @@ def _partition_keys(rest: list[Token], i: int) -> tuple[list[Token], int]:
             elif sep is not None and sep.is_punct(")"):
                 return keys, i + 2
             else:
-                raise _parse_error("expected ',' or ')' in PARTITION BY (...)")
+                raise parse_error("expected ',' or ')' in PARTITION BY (...)")
     if i < len(rest) and rest[i].is_ident:
         return [rest[i]], i + 1
-    raise _parse_error("expected a column name after PARTITION BY")
+    raise parse_error("expected a column name after PARTITION BY")
 
 
 def _resolve(key: Token, columns: list[Token], source: str) -> str:
@@ -550,7 +431,7 @@ def _resolve(key: Token, columns: list[Token], source: str) -> str:
     for column in columns:
         if column.ident == key.ident:
             return column.ident
-    if key.kind != _QUOTED:
+    if key.kind != QUOTED:
         matches = [c.ident for c in columns if c.ident.lower() == key.ident.lower()]
         if len(matches) == 1:
             return matches[0]
@@ -603,7 +484,7 @@ def _backquotes_to_double(sql: str) -> str:
     out: list[str] = []
     last = 0
     for token in tokenize(sql):
-        if token.kind == _QUOTED and token.text[0] == "`":
+        if token.kind == QUOTED and token.text[0] == "`":
             out += [sql[last : token.start], '"', token.ident.replace('"', '""'), '"']
             last = token.end
     return "".join([*out, sql[last:]])

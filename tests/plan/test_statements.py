@@ -20,8 +20,8 @@ from laminardb.plan.statements import (
     classify,
     column_names,
     referenced_tables,
-    split_statements,
 )
+from laminardb.plan.tokens import split_statements
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -60,8 +62,11 @@ def test_lifecycle_start_status_sql_stop(cli: Cli) -> None:
     assert table.returncode == 0 and " 3 " in table.stdout
     bad = cli.run("sql", "SELEC 1")
     assert bad.returncode == 1 and "QueryError" in bad.stderr
-    shell = cli.run("sql", input="SELECT count(*) AS n FROM r\nnot sql\nexit\n")
-    assert shell.returncode == 0 and "QueryError" in shell.stderr
+    script = cli.run("sql", input="SELECT count(*) AS n\nFROM r;\nnot sql;\nSELECT 1;\nexit\n")
+    assert script.returncode == 1 and "QueryError" in script.stderr
+    assert (
+        " 3 " in script.stdout and "statement 2 of 3 failed (not sql); 1 not run" in script.stderr
+    )
 
     status = cli.status()
     workers = status["workers"]
@@ -80,6 +85,29 @@ def test_lifecycle_start_status_sql_stop(cli: Cli) -> None:
     assert our_shm(service_pid) == []
     assert sorted(os.listdir(cli.state_dir)) == ["service.log"]
     assert cli.run("status").returncode == 3
+
+
+def test_statement_lists_and_script_files(service: tuple[Cli, str], tmp_path: Path) -> None:
+    """Several statements run in order and each result is shown; the first that fails stops
+    the rest with exit code 1 and the ones before it keep their effects."""
+    cli, _ = service
+    both = cli.run("sql", "--format", "json", "SELECT 1 AS a; SELECT 'x;y' AS b")
+    assert both.returncode == 0, both.stderr
+    assert [json.loads(line) for line in both.stdout.splitlines()] == [[{"a": 1}], [{"b": "x;y"}]]
+    script = tmp_path / "load.sql"
+    script.write_text(
+        "-- a script: statements over several lines\n"
+        "CREATE SOURCE cli_script (id BIGINT,\n  name VARCHAR);\n"
+        "INSERT INTO cli_script VALUES (1, 'a;b');\n"
+        "SELEC oops;\n"
+        "INSERT INTO cli_script VALUES (2, 'never');\n"
+    )
+    failed = cli.run("sql", "-f", str(script))
+    assert failed.returncode == 1 and "statement 3 of 4 failed (SELEC oops)" in failed.stderr
+    rows = cli.run("sql", "--format", "json", "SELECT * FROM cli_script")
+    assert json.loads(rows.stdout) == [{"id": 1, "name": "a;b"}]
+    assert cli.run("sql", input="").returncode == 0  # an empty script does nothing
+    assert cli.run("sql", "-f", str(script), "SELECT 1").returncode == 2
 
 
 def test_non_loopback_needs_a_secret(cli: Cli) -> None:
