@@ -151,7 +151,7 @@ def _parse(sql: str) -> exp.Select:
         raise NoPlan("not a plain SELECT")
     for node in tree.walk():
         if isinstance(node, exp.WithinGroup) and isinstance(node.this, exp.PercentileCont):
-            continue  # the two-phase rule ranks it (split._percentile_within)
+            continue  # the two-phase rule ranks it (twophase._percentile_within)
         if isinstance(node, _UNSUPPORTED_NODES):
             raise NoPlan(f"{type(node).__name__} is not split yet")
         if isinstance(node, exp.Select) and node is not tree:
