@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from laminardb.api import observe
+from laminardb.api import observe, schemas
 from laminardb.api.args import typed_arguments
 from laminardb.api.catalog import QueryInfo, SourceInfo, WorkerInfo
 from laminardb.api.config import LaminarConfig
@@ -40,7 +40,7 @@ from laminardb.api.subscriptions import (
 )
 from laminardb.api.writer import Writer
 from laminardb.cluster import ddl
-from laminardb.cluster.catalog import Catalog, quote
+from laminardb.cluster.catalog import Catalog
 from laminardb.cluster.recovery import RecoveringRouter, Recovery, resubscribe
 from laminardb.cluster.supervisor import Cluster, ClusterOptions
 from laminardb.durability.log import Log, check_durability, is_persistent
@@ -466,14 +466,9 @@ class Connection:
         return _execute_result(reply)
 
     def create_table(self, name: str, schema: Any, partition_by: list[str] | None = None) -> None:
-        """Create a source from an Arrow schema (optionally keyed), like `CREATE SOURCE`."""
-        arrow_schema = schema if isinstance(schema, pa.Schema) else pa.schema(schema)
-        from laminardb.cluster.catalog import Relation
-
-        ddl_sql = Relation(name, "source", arrow_schema, "").gather_ddl()[0]
-        if partition_by:
-            ddl_sql += " PARTITION BY (" + ", ".join(quote(c) for c in partition_by) + ")"
-        self.execute(ddl_sql)
+        """Create a source from an Arrow schema or a dict of type strings (optionally keyed),
+        with the columns native's `create_table` gives (`schemas`)."""
+        self.execute(schemas.create_source_sql(name, schema, partition_by))
 
     def start(self) -> None:
         with self._lock:

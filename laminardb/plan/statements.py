@@ -286,11 +286,12 @@ def _as_query(sql: str, rest: list[Token]) -> tuple[str | None, str | None]:
     return sql[rest[start].start : rest[-1].end], None
 
 
-def _column_list(rest: Sequence[Token]) -> tuple[list[Token], int] | None:
-    """The column-name tokens of a `( ... )` list opening `rest`, and the index after `)`."""
+def _column_list(rest: Sequence[Token]) -> tuple[list[list[Token]], int] | None:
+    """The column definitions (name token first, then its type) of a `( ... )` list opening
+    `rest`, and the index after `)`."""
     if not rest or not rest[0].is_punct("("):
         return None
-    names: list[Token] = []
+    names: list[list[Token]] = []
     item: list[Token] = []
     depth = 0
     for i, token in enumerate(rest):
@@ -314,7 +315,7 @@ def _column_list(rest: Sequence[Token]) -> tuple[list[Token], int] | None:
 _CONSTRAINT_STARTS = {"PRIMARY", "FOREIGN", "UNIQUE", "CHECK", "CONSTRAINT", "KEY", "INDEX"}
 
 
-def _add_column(item: list[Token], names: list[Token]) -> None:
+def _add_column(item: list[Token], names: list[list[Token]]) -> None:
     """Append the column an item defines, skipping WATERMARK FOR and table constraints."""
     if not item or not item[0].is_ident:
         return
@@ -324,7 +325,7 @@ def _add_column(item: list[Token], names: list[Token]) -> None:
         return
     if head in _CONSTRAINT_STARTS and _is_constraint(head, item):
         return
-    names.append(item[0])
+    names.append(item)
 
 
 def _is_constraint(head: str, item: list[Token]) -> bool:
@@ -363,13 +364,14 @@ def column_names(create_source_sql: str) -> list[str]:
     cur.accept("IF", "NOT", "EXISTS")
     cur.name()
     found = _column_list(tokens[cur.pos :])
-    return [] if found is None else [t.ident for t in found[0]]
+    return [] if found is None else [item[0].ident for item in found[0]]
 
 
 def _partitioned(sql: str, tokens: list[Token], rest: list[Token], st: Statement) -> Statement:
     """Extract, check and remove the PARTITION BY clause of a CREATE SOURCE / TABLE."""
     found = _column_list(rest)
-    columns, after = found if found is not None else ([], 0)
+    items, after = found if found is not None else ([], 0)
+    columns = [item[0] for item in items]
     clause: tuple[int, int] | None = None
     keys: list[Token] = []
     depth = 0
@@ -396,6 +398,14 @@ def _partitioned(sql: str, tokens: list[Token], rest: list[Token], st: Statement
     resolved = tuple(_resolve(key, columns, label) for key in keys)
     if len(set(resolved)) != len(resolved):
         raise parse_error(f"PARTITION BY of '{label}' names a column twice")
+    for item in items:
+        if item[0].ident in resolved and len(item) > 1 and item[1].is_word("INTERVAL"):
+            raise SchemaError(
+                f"Invalid schema ({codes.INVALID_SCHEMA}): PARTITION BY column "
+                f"'{item[0].ident}' of '{label}' is an INTERVAL, which cannot be a partition "
+                "key (its rows could not be routed)",
+                code=codes.INVALID_SCHEMA,
+            )
     start, end = rest[clause[0]].start, rest[clause[1] - 1].end
     base = tokens[0].start
     head, tail = sql[base:start].rstrip(), sql[end : tokens[-1].end].strip()

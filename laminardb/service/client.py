@@ -426,9 +426,10 @@ class RemoteConnection:
         return self._call("execute", sql)
 
     def create_table(self, name: str, schema: Any, partition_by: list[str] | None = None) -> None:
-        arrow_schema = schema if isinstance(schema, pa.Schema) else pa.schema(schema)
+        from laminardb.api.schemas import arrow_schema
+
         self._schemas.clear()
-        self._call("create_table", name, arrow_schema, partition_by)
+        self._call("create_table", name, arrow_schema(schema), partition_by)
 
     sql = _remote("sql")
     query = _remote("query")
