@@ -42,6 +42,7 @@ _UNDO = {
 
 def apply(cluster: Cluster, catalog: Catalog, router: Router, stmt: Statement) -> Response:
     """Run a catalog-changing statement on all workers and update the coordinator's catalog."""
+    _check_drop_kind(catalog, stmt)
     existed = stmt.name is not None and stmt.name in catalog
     make = _execute(stmt)
     first = cluster.request(0, make(cluster.new_rid()))
@@ -57,6 +58,25 @@ def apply(cluster: Cluster, catalog: Catalog, router: Router, stmt: Statement) -
             _finish(cluster, catalog, router, stmt, existed, recovery, exc)
     _update_catalog(cluster, catalog, router, stmt, existed)
     return first
+
+
+def _check_drop_kind(catalog: Catalog, stmt: Statement) -> None:
+    """`DROP TABLE` of a source (or `DROP SOURCE` of a table) is refused: the engine would
+    take the name out of its query catalog but keep the source, a state of its own (queries
+    fail, inserts still land, the name cannot be created again)."""
+    if stmt.kind is not StatementKind.DROP or stmt.name is None:
+        return
+    if stmt.drop_kind not in (ObjectKind.SOURCE, ObjectKind.TABLE):
+        return
+    relation = catalog.get(stmt.name)
+    wanted = stmt.drop_kind.value.lower()
+    if relation is not None and relation.kind != wanted:
+        raise SchemaError(
+            f"Table not found ({codes.TABLE_NOT_FOUND}): '{relation.name}' is a "
+            f"{relation.kind}, not a {wanted}: DROP {relation.kind.upper()} {relation.name} "
+            "drops it",
+            code=codes.TABLE_NOT_FOUND,
+        )
 
 
 def _finish(

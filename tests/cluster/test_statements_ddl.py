@@ -242,6 +242,32 @@ def test_drop_source_then_recreate(db2: Any, nat: Any) -> None:
     assert {s.name: s.partition_by for s in db2.sources()}[name] == ["c"]
 
 
+def test_drop_of_the_wrong_kind_is_refused_and_changes_nothing(db2: Any) -> None:
+    """Natively `DROP TABLE` of a source half-drops it (queries fail, inserts land, the name
+    cannot be made again); here it is refused with the statement that would drop it."""
+    source, table = fresh("kind_src"), fresh("kind_tbl")
+    db2.execute(f"CREATE SOURCE {source} (a BIGINT)")
+    db2.execute(f"CREATE TABLE {table} (a BIGINT PRIMARY KEY, b VARCHAR)")
+    db2.insert(source, {"a": [1, 2]})
+    for sql, hint in (
+        (f"DROP TABLE {source}", f"DROP SOURCE {source}"),
+        (f"DROP TABLE IF EXISTS {source}", f"DROP SOURCE {source}"),
+        (f"DROP SOURCE {table}", f"DROP TABLE {table}"),
+    ):
+        with pytest.raises(laminardb.SchemaError, match=f"not a .*: {hint} drops it") as info:
+            db2.execute(sql)
+        assert info.value.code == laminardb.codes.TABLE_NOT_FOUND
+    assert source in db2.list_tables() and source in {s.name for s in db2.sources()}
+    assert db2.sql(f"SELECT count(*) AS n FROM {table}").to_dicts() == {"n": [0]}
+    assert db2.insert(source, {"a": [3]}) == 1
+    assert db2.sql(f"SELECT count(*) AS n FROM {source}").to_dicts() == {"n": [3]}
+    db2.execute(f"DROP SOURCE {source}")
+    db2.execute(f"DROP TABLE {table}")
+    assert source not in db2.list_tables()
+    with pytest.raises(laminardb.QueryError, match="not found"):
+        db2.sql(f"SELECT * FROM {table}")
+
+
 def test_drop_source_with_dependents_fails_like_native_and_keeps_it(db2: Any, nat: Any) -> None:
     name, stream = fresh("depended"), fresh("dependent")
     for db in (db2, nat):
