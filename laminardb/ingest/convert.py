@@ -42,7 +42,7 @@ import io
 import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -108,6 +108,10 @@ def _from_values(
         except ARROW_ERRORS:
             pass  # the general path below finds the value to blame
     kinds = set(map(type, values)) - {_NONE}
+    if int in kinds and (pa.types.is_floating(field.type) or pa.types.is_decimal(field.type)):
+        values = _beyond_int64(
+            values, float if pa.types.is_floating(field.type) else decimal.Decimal
+        )
     if len(kinds) > 1 and not kinds <= {int, float}:
         return _from_mixed(values, field, table, from_pandas)
     try:
@@ -115,6 +119,17 @@ def _from_values(
     except ARROW_ERRORS:
         return _from_mixed(values, field, table, from_pandas)
     return conform(arr, field, table)
+
+
+_INT64 = range(-(2**63), 2**63)
+
+
+def _beyond_int64(values: Sequence[Any], kind: Callable[[int], Any]) -> Sequence[Any]:
+    """`values` with every int that Arrow cannot read as int64 made a float or a Decimal,
+    as native takes 2**63 into a DOUBLE (Arrow gives up on such an int)."""
+    if all(type(v) is not int or v in _INT64 for v in values):
+        return values
+    return [kind(v) if type(v) is int and v not in _INT64 else v for v in values]
 
 
 def _from_mixed(values: Sequence[Any], field: pa.Field, table: str, from_pandas: bool) -> pa.Array:
@@ -134,9 +149,10 @@ def _from_mixed(values: Sequence[Any], field: pa.Field, table: str, from_pandas:
                 try:
                     pa.array([values[i]], from_pandas=from_pandas)
                 except ARROW_ERRORS as one:
+                    value = values[i]
+                    why = "beyond 64 bits" if type(value) is int else str(one)
                     raise schema_error(
-                        table,
-                        f"{describe(field)} cannot take {show(values[i])} at row {i}: {one}",
+                        table, f"{describe(field)} cannot take {show(value)} at row {i}: {why}"
                     ) from None
             raise schema_error(table, f"{describe(field)}: {exc}") from None
         parts.append(conform(arr, field, table, rows))

@@ -177,6 +177,24 @@ def test_python_ints_into_double_do_not_poison() -> None:
     assert answer(got).equals(answer(typed))
 
 
+def test_ints_beyond_64_bits_reach_float_and_decimal_columns() -> None:
+    """Native stores 2**63 in a DOUBLE as the float it is; Arrow alone gives up on it."""
+    schema = pa.schema([("v", pa.float64()), ("f", pa.float32()), ("g", pa.decimal128(38, 0))])
+    rows = [{"v": 2**63, "f": -(2**70), "g": 10**20}, {"v": 1, "f": 2, "g": -(10**30)}]
+    got = to_table(rows, schema, table=TABLE)
+    assert got.to_pylist() == [
+        {"v": float(2**63), "f": float(-(2**70)), "g": Decimal(10**20)},
+        {"v": 1.0, "f": 2.0, "g": Decimal(-(10**30))},
+    ]
+    assert from_json(json.dumps(rows), schema, table=TABLE).equals(got)
+    with pytest.raises(
+        SchemaError, match=r"'n' \(INT\) cannot take 9223372036854775808 at row 0: beyond 64 bits"
+    ):
+        to_table([{"n": 2**63}], pa.schema([("n", pa.int32())]), table=TABLE)
+    with pytest.raises(SchemaError, match="does not fit in precision 38"):
+        to_table([{"g": 10**40}], schema.remove(0).remove(0), table=TABLE)
+
+
 def test_all_none_column_is_typed() -> None:
     cols = {**_columns(_rows()), "t": [None] * len(ROWS)}
     got = to_table(cols, SCHEMA, table=TABLE)
