@@ -51,6 +51,24 @@ def integer_arg(name: str, value: object) -> int:
     return operator.index(value)  # type: ignore[arg-type]
 
 
+def unsigned_arg(name: str, value: object) -> int:
+    """`value` as a non-negative 64-bit int, failing as the native argument parser fails."""
+    number = integer_arg(name, value)
+    if number < 0:
+        raise OverflowError("can't convert negative int to unsigned")
+    if number >= 2**64:
+        raise OverflowError("int too big to convert")
+    return number
+
+
+def signed_arg(name: str, value: object) -> int:
+    """`value` as a 64-bit int, failing as the native argument parser fails."""
+    number = integer_arg(name, value)
+    if not -(2**63) <= number < 2**63:
+        raise OverflowError("Python int too large to convert to C long")
+    return number
+
+
 def _check(checks: list[_Check], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     for i, name, annotation in checks:
         if i < len(args):
@@ -59,8 +77,8 @@ def _check(checks: list[_Check], args: tuple[Any, ...], kwargs: dict[str, Any]) 
             value = kwargs[name]
         else:
             continue  # left to its default, or to Python's own missing-argument error
-        if annotation == "int":
-            integer_arg(name, value)
+        if annotation == "int":  # native `Connection` takes only unsigned ones (query ids)
+            unsigned_arg(name, value)
         elif not isinstance(value, str) and not (annotation == "str | None" and value is None):
             raise not_text(name, value)
 

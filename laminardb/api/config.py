@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import unicodedata
 
-from laminardb.api.args import not_text
-from laminardb.api.results import unsigned_arg
+from laminardb.api.args import not_text, unsigned_arg
 
 __all__ = ["LaminarConfig"]
 

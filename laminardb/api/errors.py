@@ -117,7 +117,11 @@ def from_wire(kind: str, message: str, code: int | None, shard: int | None = Non
     cls = ERROR_CLASSES.get(kind)
     if cls is not None:
         return cls(message, code=code, shard=shard)
-    builtin: Any = {"TypeError": TypeError, "ValueError": ValueError}.get(kind)
+    builtin: Any = {
+        "TypeError": TypeError,
+        "ValueError": ValueError,
+        "OverflowError": OverflowError,  # an argument out of a native integer's range
+    }.get(kind)
     if builtin is not None:
         return builtin(message)  # type: ignore[no-any-return]
     return LaminarError(f"{kind}: {message}", code=code, shard=shard)

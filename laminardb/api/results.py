@@ -14,22 +14,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from laminardb.api.args import integer_arg
+from laminardb.api.args import unsigned_arg
 
-__all__ = ["CheckpointResult", "ExecuteResult", "QueryResult", "unsigned_arg"]
+__all__ = ["CheckpointResult", "ExecuteResult", "QueryResult"]
 
 _RESULT_TYPES = ("ddl", "rows_affected", "query", "metadata")
-_U64_MAX = 2**64 - 1
-
-
-def unsigned_arg(name: str, value: Any) -> int:
-    """`value` as a non-negative 64-bit int, failing like the native (pyo3) argument parser."""
-    number = integer_arg(name, value)
-    if number < 0:
-        raise OverflowError("can't convert negative int to unsigned")
-    if number > _U64_MAX:
-        raise OverflowError("int too big to convert")
-    return number
 
 
 def _rows(table: Any) -> list[tuple[Any, ...]]:

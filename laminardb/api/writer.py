@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import pyarrow as pa
 
-from laminardb.api.args import integer_arg
+from laminardb.api.args import signed_arg
 from laminardb.api.errors import IngestionError, codes
 
 if TYPE_CHECKING:
@@ -20,9 +20,9 @@ class _Inserter(Protocol):
 
 
 def timestamp_arg(value: object) -> int:
-    """`value` as the integer timestamp `Writer.watermark` takes; the native TypeError for
+    """`value` as the 64-bit timestamp `Writer.watermark` takes; the native TypeError for
     anything else (a float is not truncated, a string not parsed)."""
-    return integer_arg("timestamp", value)
+    return signed_arg("timestamp", value)
 
 
 class WriterBase:

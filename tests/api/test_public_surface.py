@@ -200,6 +200,24 @@ def test_a_parameter_of_another_type_fails_as_natively(
     assert both[1].sql("SELECT count(*) FROM s").fetchall() == [(0,)]
 
 
+def test_an_integer_out_of_range_fails_as_natively(both: tuple[Any, Any]) -> None:
+    """OverflowError, message and all, for the u64 query id and the i64 watermark."""
+    for conn in both:
+        conn.execute("CREATE SOURCE wm (ts BIGINT, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)")
+    calls = [
+        *((lambda c, v=v: c.cancel_query(v)) for v in (-1, 2**64)),
+        *((lambda c, v=v: c.writer("wm").watermark(v)) for v in (2**63, -(2**63) - 1)),
+    ]
+    for call in calls:
+        errors = []
+        for conn in both:
+            with pytest.raises(OverflowError) as info:
+                call(conn)
+            errors.append((type(info.value), str(info.value)))
+        assert errors[0] == errors[1]
+    both[1].writer("wm").watermark(2**63 - 1)  # the edge itself is taken
+
+
 @pytest.mark.parametrize("name", ["open", "sql", "execute", "mv"])
 def test_module_function_parameters_like_native(name: str) -> None:
     theirs = _parameters(getattr(native, name))
