@@ -301,9 +301,13 @@ def insert_select(conn: Connection, relation: Relation, stmt: Statement) -> Exec
     try:
         tree = sqlglot.parse_one(stmt.sql, read=SQLGLOT_DIALECT)
     except sqlglot.errors.ParseError as exc:
+        first = exc.errors[0] if exc.errors else {}
+        where = f" at line {first['line']}, column {first['col']}" if "line" in first else ""
+        what = first.get("description") or str(exc).split("\n")[0]
         raise QueryError(
-            f"SQL parse error (401): cannot parse INSERT: {exc}", code=codes.SQL_PARSE_ERROR
-        ) from exc
+            f"SQL parse error (401): cannot parse INSERT: {what}{where}",
+            code=codes.SQL_PARSE_ERROR,
+        ) from None
     if not isinstance(tree, exp.Insert) or tree.expression is None:
         raise QueryError(
             f"SQL parse error (401): unsupported INSERT form: {stmt.sql}",
@@ -323,7 +327,12 @@ def insert_select(conn: Connection, relation: Relation, stmt: Statement) -> Exec
             f"for {len(columns)} columns ({', '.join(columns)})",
             code=codes.SCHEMA_MISMATCH,
         )
-    rows = convert.to_table(table.rename_columns(columns), relation.schema, table=relation.name)
+    table = table.rename_columns(columns)
+    listed = set(columns)
+    for field in relation.schema:  # a column left out of the list is NULL, as SQL has it
+        if field.name not in listed:
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    rows = convert.to_table(table, relation.schema, table=relation.name)
     conn._streams.ingest(conn._router, relation.name, rows, conn._catalog)
     conn._router.flush(relation.name)
     return ExecuteResult.affected(rows.num_rows)

@@ -326,6 +326,11 @@ def test_insert_values_into_a_source_is_validated(db2: Any, nat: Any) -> None:
     assert db2.sql(f"SELECT ts, device, value FROM {name} WHERE ts = 3").fetchall() == [
         (3, "c", 3.5)
     ]
+    # A column left out of the list is NULL (native fills the listed values in by position).
+    assert int(db2.execute(f"INSERT INTO {name} (ts, value) VALUES (4, 4.5)")) == 1
+    assert db2.sql(f"SELECT ts, device, value FROM {name} WHERE ts = 4").fetchall() == [
+        (4, None, 4.5)
+    ]
     # Native accepts these and poisons the source; the cluster refuses them and stays usable.
     for bad in (
         f"INSERT INTO {name} VALUES ('x', 'a', 1.0)",
@@ -336,7 +341,9 @@ def test_insert_values_into_a_source_is_validated(db2: Any, nat: Any) -> None:
         with pytest.raises(laminardb.SchemaError) as info:
             db2.execute(bad)
         assert name in str(info.value)
-    assert db2.sql(f"SELECT count(*), sum(ts) FROM {name}").fetchall() == [(3, 6)]
+    with pytest.raises(laminardb.QueryError, match=r"cannot parse INSERT: Expecting \) at line 1"):
+        db2.execute(f"INSERT INTO {name} VALUES (1, 'a'")
+    assert db2.sql(f"SELECT count(*), sum(ts) FROM {name}").fetchall() == [(4, 10)]
 
 
 def test_insert_select_into_a_source(db2: Any) -> None:
