@@ -23,6 +23,7 @@ from laminardb.files.options import FileOptions
 from laminardb.files.splits import load_error
 from laminardb.ingest import convert
 from laminardb.ingest.cast import (
+    ARROW_ERRORS,
     conform_table,
     describe,
     first_failure,
@@ -132,7 +133,9 @@ def _csv(
     names = split.names or list(schema.names)
     if not data.size or (data.size <= 1 << 16 and data.to_pybytes().isspace()):
         return schema.empty_table()
-    types = {f.name: pa.string() if kind_of(f.type) in ("ts", "date") else f.type for f in schema}
+    types = {
+        f.name: pa.string() if kind_of(f.type) in convert.CSV_AS_TEXT else f.type for f in schema
+    }
     try:
         wanted = {n: types[n] for n in names if n in types}
         rows = _read_csv(data, split, opts, names, wanted, threads=threads)
@@ -186,16 +189,24 @@ def _csv_error(
     where = f" (file {split.path!r})"
     message = str(exc)
     names = split.names or list(schema.names)
-    column = re.search(r"In CSV column #(\d+): (?:Row #\d+: )?CSV conversion error", message)
+    column = re.search(r"In CSV column #(\d+): ", message)
     if column is not None and int(column.group(1)) < len(names):
         name = names[int(column.group(1))]
         field = schema.field(name) if name in schema.names else None
         if field is not None:
             text = _read_csv(data, split, opts, names, {name: pa.string()}, [name]).column(0)
+            try:
+                pc.cast(text, field.type)
+            except ARROW_ERRORS:
+                pass
+            else:  # the text casts: not a value's fault after all
+                return load_error(table, f"malformed CSV: {message}{where}")
             row = first_failure(text, lambda part: pc.cast(part, field.type))
+            why = "" if "conversion error" in message else f": {message.rsplit(': ', 1)[-1]}"
             return schema_error(
                 table,
                 f"{describe(field)} cannot take {show(text[row].as_py())} at line {first + row}"
+                + why
                 + where,
             )
     if isinstance(exc, pa.ArrowInvalid) and "UTF8" in message.upper():

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -84,7 +85,8 @@ def kind_of(t: pa.DataType) -> str:
 _NUMERIC = frozenset({"int", "float", "decimal"})
 _ALLOWED: dict[str, frozenset[str]] = {
     **dict.fromkeys(("int", "float", "decimal"), _NUMERIC),
-    **{kind: frozenset({kind}) for kind in ("bool", "time", "duration", "interval", "nested")},
+    **{kind: frozenset({kind}) for kind in ("bool", "time", "interval", "nested")},
+    "duration": frozenset({"duration", "interval"}),
     "str": frozenset({"str", "bin", "ts", "date"}),
     "bin": frozenset({"bin", "str"}),
     "ts": frozenset({"ts", "date"}),
@@ -103,6 +105,8 @@ def _try_cast(col: Column, dst: pa.DataType, src_kind: str, dst_kind: str) -> Co
         return pc.cast(col, options=pc.CastOptions(dst, allow_time_truncate=True))
     if dst_kind == "ts" and src_kind == "str":
         return _parse_timestamps(col, dst)
+    if (src_kind, dst_kind) == ("duration", "interval"):
+        return _as_interval(col)
     out = pc.cast(col, dst)
     if src_kind == "float" and dst_kind == "float" and dst.bit_width < col.type.bit_width:
         if pc.any(pc.and_(pc.is_inf(out), pc.is_finite(col))).as_py():
@@ -112,6 +116,25 @@ def _try_cast(col: Column, dst: pa.DataType, src_kind: str, dst_kind: str) -> Co
     ):
         raise pa.ArrowInvalid("the time of day would be lost")
     return out
+
+
+_DAY_NS = 86_400 * 10**9
+
+
+def _as_interval(col: Column) -> Column:
+    """Durations (pandas timedelta64, Arrow duration) as INTERVAL values: whole days, then
+    nanoseconds, as Arrow converts a Python `timedelta` (Arrow has no such cast)."""
+    if isinstance(col, pa.ChunkedArray):
+        chunks = [_as_interval(chunk) for chunk in col.chunks]
+        return pa.chunked_array(chunks, pa.month_day_nano_interval())
+    nanos = pc.cast(pc.cast(col, pa.duration("ns")), pa.int64())  # an overflow raises
+    days, rest = np.divmod(nanos.fill_null(0).to_numpy(), _DAY_NS)
+    values = np.zeros(len(col), dtype=[("months", "<i4"), ("days", "<i4"), ("nanos", "<i8")])
+    values["days"], values["nanos"] = days, rest
+    validity = pc.is_valid(col).buffers()[1] if col.null_count else None
+    return pa.Array.from_buffers(
+        pa.month_day_nano_interval(), len(col), [validity, pa.py_buffer(values.tobytes())]
+    )
 
 
 #: An ISO-8601 time of day that ends in a zone: `Z`, `+02`, `+0200` or `+02:00`.

@@ -66,7 +66,7 @@ from laminardb.ingest.cast import (
     show,
 )
 
-__all__ = ["UNSUPPORTED_MESSAGE", "from_csv", "from_json", "to_table"]
+__all__ = ["CSV_AS_TEXT", "UNSUPPORTED_MESSAGE", "from_csv", "from_json", "to_table"]
 
 #: Native `insert`'s TypeError text for inputs it does not know.
 UNSUPPORTED_MESSAGE = (
@@ -140,17 +140,21 @@ def _from_mixed(values: Sequence[Any], field: pa.Field, table: str, from_pandas:
         groups.setdefault(type(value), []).append(i)
     parts: list[pa.Array] = []
     order: list[int] = []
-    for rows in groups.values():
+    for kind, rows in groups.items():
         sub = [values[i] for i in rows]
         try:
-            arr = pa.array(sub, from_pandas=from_pandas)
+            arr = (
+                pa.nulls(len(sub))
+                if kind.__name__ == "NaTType"
+                else pa.array(sub, from_pandas=from_pandas)
+            )
         except ARROW_ERRORS as exc:
             for i in rows:
                 try:
                     pa.array([values[i]], from_pandas=from_pandas)
                 except ARROW_ERRORS as one:
                     value = values[i]
-                    why = "beyond 64 bits" if type(value) is int else str(one)
+                    why = _why_not(value, one)
                     raise schema_error(
                         table, f"{describe(field)} cannot take {show(value)} at row {i}: {why}"
                     ) from None
@@ -161,6 +165,15 @@ def _from_mixed(values: Sequence[Any], field: pa.Field, table: str, from_pandas:
     for position, row in enumerate(order):
         inverse[row] = position
     return pa.concat_arrays(parts).take(pa.array(inverse, pa.int64()))
+
+
+def _why_not(value: object, error: Exception) -> str:
+    """Why Arrow refused one Python value, in words (its own are about C types)."""
+    if type(value) is int:
+        return "beyond 64 bits"
+    if isinstance(value, decimal.Decimal) and not value.is_finite():
+        return "NaN and infinities are no DECIMAL value"
+    return str(error)
 
 
 def _from_rows(rows: list[Any], schema: pa.Schema, table: str) -> pa.Table:
@@ -461,6 +474,11 @@ def _floats(value: Any) -> Any:
     return value
 
 
+#: Column families read from CSV as text and then cast by the policy: timestamps and dates
+#: (zone offsets, ns digits), intervals (Arrow's CSV reader has no INTERVAL: empty is NULL).
+CSV_AS_TEXT = ("ts", "date", "interval")
+
+
 def from_csv(text: str, schema: pa.Schema, *, table: str) -> pa.Table:
     """Native `insert_csv` input (a header row, then rows) as a table of exactly `schema`.
 
@@ -481,9 +499,7 @@ def from_csv(text: str, schema: pa.Schema, *, table: str) -> pa.Table:
         return schema.empty_table()
     convert = pacsv.ConvertOptions(
         # temporal columns are read as text and cast by the policy (zone offsets, ns digits)
-        column_types={
-            f.name: _TEXT if kind_of(f.type) in ("ts", "date") else f.type for f in schema
-        },
+        column_types={f.name: _TEXT if kind_of(f.type) in CSV_AS_TEXT else f.type for f in schema},
         null_values=[""],
         strings_can_be_null=True,
         true_values=["true", "True", "TRUE"],
@@ -508,7 +524,7 @@ def from_csv(text: str, schema: pa.Schema, *, table: str) -> pa.Table:
 
 def _raise_csv_value_error(message: str, raw: bytes, schema: pa.Schema, table: str) -> None:
     """For a CSV conversion error, re-read the column as text to name the value and row."""
-    if "In CSV column #" not in message or "conversion error" not in message:
+    if "In CSV column #" not in message:
         return
     index = int(message.split("In CSV column #", 1)[1].split(":", 1)[0])
     name = next(csv.reader(io.StringIO(raw.decode("utf-8-sig"))))[index]
@@ -527,9 +543,10 @@ def _raise_csv_value_error(message: str, raw: bytes, schema: pa.Schema, table: s
     ).column(0)
     try:
         pc.cast(strings, field.type)
-    except ARROW_ERRORS:
+    except ARROW_ERRORS as exc:
         row = first_failure(strings, lambda part: pc.cast(part, field.type))
+        why = "" if "conversion error" in str(exc) else f": {exc}"  # e.g. decimal digits
         raise schema_error(
-            table, f"{describe(field)} cannot take {show(strings[row].as_py())} at row {row}"
+            table, f"{describe(field)} cannot take {show(strings[row].as_py())} at row {row}{why}"
         ) from None
     raise schema_error(table, f"{describe(field)}: {message.split(': ', 1)[-1]}")

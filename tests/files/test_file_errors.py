@@ -104,6 +104,20 @@ def test_bad_csv_value_names_file_and_line(db2: Any, keyed: str, tmp_path: Path)
     _unchanged(db2, keyed, tmp_path)
 
 
+def test_a_decimal_that_needs_rounding_names_file_and_line(db2: Any, tmp_path: Path) -> None:
+    name = fresh("money")
+    db2.execute(f"CREATE SOURCE {name} (id BIGINT, price DECIMAL(10, 2), wait INTERVAL)")
+    path = tmp_path / "prices.csv"
+    path.write_text(
+        "id,price,wait\n" + "".join(f"{i},{i}.25,\n" for i in range(300)) + "300,1.005,\n"
+    )
+    with pytest.raises(SchemaError, match=r"'price' .* '1\.005' at line 302: Rescaling.*prices"):
+        db2.load(name, str(path))
+    assert db2.sql(f"SELECT count(*) FROM {name}").fetchall() == [(0,)]
+    path.write_text("id,price,wait\n1,1.25,\n")  # an empty INTERVAL field is NULL
+    assert db2.load(name, str(path)) == 1
+
+
 def test_bad_parquet_type_names_row_group(db2: Any, keyed: str, tmp_path: Path) -> None:
     rows = sample(100).set_column(2, "n", pa.array([7] * 99 + [2**63 + 5], pa.uint64()))
     path = write(rows, str(tmp_path / "t.parquet"), "parquet")

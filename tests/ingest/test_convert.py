@@ -195,6 +195,38 @@ def test_ints_beyond_64_bits_reach_float_and_decimal_columns() -> None:
         to_table([{"g": 10**40}], schema.remove(0).remove(0), table=TABLE)
 
 
+def test_durations_reach_an_interval_column_as_timedeltas_do() -> None:
+    """Arrow has no duration-to-interval cast; the values are those of Python timedeltas."""
+    schema = pa.schema([("i", pa.month_day_nano_interval())])
+    deltas = [dt.timedelta(days=1, seconds=5), None, dt.timedelta(seconds=-1), dt.timedelta(0)]
+    expected = to_table([{"i": d} for d in deltas], schema, table=TABLE)
+    assert expected.column("i").to_pylist()[0] == pa.MonthDayNano([0, 1, 5 * 10**9])
+    for unit in ("s", "ms", "us", "ns"):
+        kind = pa.duration(unit)
+        arrow = pa.chunked_array([pa.array(deltas[:2], kind), pa.array(deltas[2:], kind)])
+        assert to_table(pa.table({"i": arrow}), schema, table=TABLE).equals(expected)
+    frame = pd.DataFrame({"i": pd.to_timedelta(["1 day 5s", None, "-1s", "0s"])})
+    assert to_table(frame, schema, table=TABLE).equals(expected)
+
+
+def test_nat_in_rows_is_null_and_decimal_nan_is_named() -> None:
+    schema = pa.schema([("t", pa.timestamp("us")), ("g", pa.decimal128(10, 2))])
+    got = to_table([{"t": pd.NaT, "g": None}, {"t": T0, "g": Decimal("1.5")}], schema, table=TABLE)
+    assert got.column("t").to_pylist() == [None, T0]
+    for bad in ("NaN", "Infinity", "-Infinity"):
+        with pytest.raises(SchemaError, match="NaN and infinities are no DECIMAL value"):
+            to_table([{"t": None, "g": Decimal(bad)}], schema, table=TABLE)
+
+
+def test_csv_names_the_column_of_a_decimal_that_needs_rounding_and_reads_intervals() -> None:
+    schema = pa.schema([("g", pa.decimal128(10, 2)), ("i", pa.month_day_nano_interval())])
+    with pytest.raises(SchemaError, match=r"'g' \(DECIMAL\(10,2\)\) cannot take '1.234' at row 1"):
+        from_csv("g,i\n1.5,\n1.234,\n", schema, table=TABLE)
+    assert from_csv("g,i\n1.5,\n", schema, table=TABLE).column("i").to_pylist() == [None]
+    with pytest.raises(SchemaError, match="'i' \\(INTERVAL\\) cannot take string values"):
+        from_csv("g,i\n1.5,1 day\n", schema, table=TABLE)
+
+
 def test_all_none_column_is_typed() -> None:
     cols = {**_columns(_rows()), "t": [None] * len(ROWS)}
     got = to_table(cols, SCHEMA, table=TABLE)
