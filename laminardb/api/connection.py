@@ -297,10 +297,15 @@ class Connection:
     # -- queries -----------------------------------------------------------------------------
 
     def sql(self, query: str) -> QueryResult:
-        """Rows of a SELECT (or SHOW/DESCRIBE/EXPLAIN), exactly as one native instance answers."""
+        """Rows of a SELECT (or SHOW/DESCRIBE/EXPLAIN), exactly as one native instance answers.
+        Several statements separated by `;` run in order and the last one's rows are returned,
+        as natively."""
         with self._lock:
             self._check()
-            stmt = statements.classify(query)
+            texts = tokens.split_statements(query)
+            for text in texts[:-1]:
+                self._execute_one(statements.classify(text))
+            stmt = statements.classify(texts[-1] if len(texts) > 1 else query)
             if stmt.kind is StatementKind.QUERY:
                 return QueryResult(self._run_query(stmt.sql))
             if stmt.kind in _METADATA:

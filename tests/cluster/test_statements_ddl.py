@@ -207,6 +207,11 @@ def test_multi_statement_strings_like_native(db2: Any, nat: Any) -> None:
     # A semicolon inside a string literal is not a statement separator.
     same(db2, nat, "execute", f"INSERT INTO {a} VALUES (1, 'semi;colon')")
     rows_equal(db2, nat, f"SELECT x, s FROM {a}")
+    # sql() too runs every statement and returns the last one's rows.
+    e = fresh("multi_e")
+    rows_equal(db2, nat, f"CREATE SOURCE {e} (x BIGINT); SELECT count(*) AS n FROM {a}")
+    assert e in db2.list_tables()
+    rows_equal(db2, nat, f"SELECT 1 AS one; SELECT x FROM {a} WHERE x = 1")
 
 
 def test_empty_statement_like_native(db2: Any, nat: Any) -> None:
