@@ -338,7 +338,7 @@ def _ranked(value: str, weight: str, partials: pa.Table, rows: pa.ChunkedArray) 
 def _median(value: str, weight: str, partials: pa.Table, rows: pa.ChunkedArray) -> pa.Array:
     """MEDIAN per group from per-worker (value, row count) partials, as the engine computes
     it: NULLs ignored; an even count averages the two middle values, in the value's type
-    (integers add wrapping and divide truncating toward zero)."""
+    (integers exactly, truncated toward zero: the sum never overflows)."""
     ranked = _ranked(value, weight, partials, rows)
     present = ranked.total > 0
     safe = np.where(present, ranked.total, 1)
@@ -346,10 +346,16 @@ def _median(value: str, weight: str, partials: pa.Table, rows: pa.ChunkedArray) 
     if pa.types.is_floating(ranked.type):
         result = (a + b) / 2
     else:
-        with np.errstate(over="ignore"):
-            added = a + b
-        result = added // 2 + ((added < 0) & (added % 2 != 0))
+        result = _integer_midpoint(a.astype(np.int64), b.astype(np.int64))
     return pa.array(result.astype(a.dtype), ranked.type, mask=~present)
+
+
+def _integer_midpoint(a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """(a + b) / 2 truncated toward zero, without forming a + b (it may not fit 64 bits)."""
+    odd_a, odd_b = a & 1, b & 1
+    floor = (a >> 1) + (b >> 1) + ((odd_a + odd_b) >> 1)
+    result: npt.NDArray[np.int64] = floor + ((floor < 0) & (odd_a != odd_b))
+    return result
 
 
 INTERPOLATION_STEPS = 1_000_000
@@ -430,7 +436,11 @@ def _sort_indices(
             return None
         flag = f"__null{n}"
         work[flag] = pc.is_null(column)
-        work[f"__key{n}"] = column
+        if pa.types.is_floating(column.type):  # -0.0 before 0.0, as the engine orders them
+            numbers = np.asarray(pc.fill_null(column, 0).to_numpy())
+            work[f"__key{n}"] = pa.chunked_array([_total_order(numbers)])
+        else:
+            work[f"__key{n}"] = column
         keys.append((flag, "descending" if key.nulls_first else "ascending"))
         keys.append((f"__key{n}", "descending" if key.desc else "ascending"))
     keyed = pa.table(work)

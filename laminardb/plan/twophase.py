@@ -32,6 +32,7 @@ from laminardb.plan.layout import (
     token_key,
 )
 from laminardb.plan.plans import PARTIALS, Plan, Rule, limits
+from laminardb.plan.tokens import tokenize
 
 _SCALAR_FUNCTIONS = frozenset({"arrow_typeof"})
 """Functions sqlglot does not know that may run over merged aggregates: they are scalar, and
@@ -91,6 +92,11 @@ class _TwoPhase:
     distinct: tuple[TokenKey, str] | None = None
     """The argument of COUNT(DISTINCT x) / APPROX_DISTINCT(x) (its key and text): workers
     then also group by it (one row per distinct (group, x) value), and the merge counts."""
+
+    true_filters: dict[str, str] = field(default_factory=dict)
+    """Partial column -> its `agg FILTER (WHERE (c) IS TRUE)` form. Native's grouped FILTER
+    counts rows whose condition is NULL, its ungrouped one does not: an ungrouped query whose
+    workers group by a distinct argument takes these forms to keep the ungrouped answer."""
 
     def partial(self, key: TokenKey, sql: str) -> str:
         """Quoted column name of the partial aggregate `sql` (one per distinct key)."""
@@ -173,12 +179,27 @@ def _filtered(state: _TwoPhase, node: exp.AggFunc, span: Span) -> str:
     extra = {k: v for k, v in node.args.items() if k not in ("this", "big_int") and v}
     if extra or isinstance(node.this, exp.Distinct) or node.this is None:
         raise NoPlan("filtered aggregate with more than one plain argument")
-    partial = state.partial(token_key(query, span), query.text(span))
+    key = token_key(query, span)
+    partial = state.partial(key, query.text(span))
+    state.true_filters[state.partials[key][0]] = _true_filter(query, node, span)
     if isinstance(node, exp.Count):
         return f"COALESCE(SUM({partial}), 0)"
     if type(node) in _MERGE_OF:
         return f"{_MERGE_OF[type(node)]}({partial})"
     raise NoPlan(f"{type(node).__name__} FILTER has no two-phase form yet")
+
+
+def _true_filter(query: Query, node: exp.AggFunc, span: Span) -> str:
+    """`agg(x) FILTER (WHERE c)` at `span` as `agg(x) FILTER (WHERE (c) IS TRUE)`."""
+    call = node_span(query, node)
+    if call is None:
+        raise NoPlan("filtered aggregate without position")
+    tail = query.text((call[1], span[1]))
+    found = list(tokenize(tail))  # FILTER ( WHERE c )
+    if len(found) < 5 or not found[2].is_word("WHERE") or not found[-1].is_punct(")"):
+        raise NoPlan("FILTER without WHERE")
+    condition = tail[found[2].end : found[-1].start].strip()
+    return f"{query.text(call)} FILTER (WHERE ({condition}) IS TRUE)"
 
 
 def _distinct_argument(state: _TwoPhase, node: exp.AggFunc, span: Span) -> str:
@@ -399,7 +420,10 @@ def two_phase(query: Query, shards: tuple[int, ...] | None) -> Plan:
     if state.distinct is not None:
         worker_cols.append(f"{state.distinct[1]} AS {quote('_d0')}")
         worker_keys += 1
-    worker_cols += [f"{sql} AS {quote(name)}" for name, sql in state.partials.values()]
+    truth = state.true_filters if not keys and state.distinct is not None else {}
+    worker_cols += [
+        f"{truth.get(name, sql)} AS {quote(name)}" for name, sql in state.partials.values()
+    ]
     worker = f"SELECT {', '.join(worker_cols)} {query.from_where}"
     sql_merge = f"SELECT {', '.join(select)} FROM {PARTIALS}"
     if worker_keys:

@@ -77,6 +77,12 @@ CASES = [
         ("_a0", "_a1"),
         f'SELECT SUM("_a0") AS "_o0", COALESCE(SUM("_a1"), 0) AS "_o1" FROM {P}',
     ),
+    (  # ungrouped, but the workers group by the distinct argument: native's ungrouped FILTER
+        "SELECT count(DISTINCT s), count(*) FILTER (WHERE k % 2 = 0) FROM r",
+        'SELECT s AS "_d0", count(*) FILTER (WHERE (k % 2 = 0) IS TRUE) AS "_a0" FROM r GROUP BY 1',
+        ("_d0", "_a0"),
+        f'SELECT COUNT(DISTINCT "_d0") AS "_o0", COALESCE(SUM("_a0"), 0) AS "_o1" FROM {P}',
+    ),
     (
         "SELECT s, var_samp(v), stddev_pop(v), count(v) FROM r GROUP BY s",
         'SELECT s AS "_k0", count(v) AS "_a0", avg(v) AS "_a1", var_pop(v) AS "_a2" '
