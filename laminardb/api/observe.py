@@ -33,6 +33,7 @@ from laminardb.ingest import convert
 from laminardb.plan import distributed, gather, statements
 from laminardb.plan import explain as plan_explain
 from laminardb.plan.statements import SQLGLOT_DIALECT, Statement
+from laminardb.plan.tokens import tokenize
 from laminardb.streams.merge import is_hidden
 
 if TYPE_CHECKING:
@@ -319,7 +320,7 @@ def insert_select(conn: Connection, relation: Relation, stmt: Statement) -> Exec
         if isinstance(target, exp.Schema)
         else relation.schema.names
     )
-    body = tree.expression.sql(dialect=SQLGLOT_DIALECT)
+    body = _insert_body(stmt.sql) or tree.expression.sql(dialect=SQLGLOT_DIALECT)
     table = conn._run_query(body)
     if table.num_columns != len(columns):
         raise SchemaError(
@@ -336,6 +337,19 @@ def insert_select(conn: Connection, relation: Relation, stmt: Statement) -> Exec
     conn._streams.ingest(conn._router, relation.name, rows, conn._catalog)
     conn._router.flush(relation.name)
     return ExecuteResult.affected(rows.num_rows)
+
+
+def _insert_body(sql: str) -> str | None:
+    """The `VALUES ...` / `SELECT ...` of an INSERT as written: the engine evaluates it as
+    one native instance would (sqlglot's printing would change it: `2 ^ 3` is XOR to the
+    engine, POWER to sqlglot); None for a form not found here (sqlglot's text is used)."""
+    found = list(tokenize(sql))
+    depth = 0
+    for i, token in enumerate(found):
+        depth += token.is_punct("(") - token.is_punct(")")
+        if depth == 0 and i > 2 and token.is_word("VALUES", "SELECT", "WITH"):
+            return sql[token.start : found[-1].end]
+    return None
 
 
 # -- explain and SHOW QUERIES -----------------------------------------------------------------

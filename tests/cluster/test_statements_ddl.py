@@ -331,6 +331,17 @@ def test_insert_values_into_a_source_is_validated(db2: Any, nat: Any) -> None:
     assert db2.sql(f"SELECT ts, device, value FROM {name} WHERE ts = 3").fetchall() == [
         (3, "c", 3.5)
     ]
+    # The values are the engine's own evaluation of the text (`^` is XOR to it, `$$x$$` 'x').
+    evaluated = fresh("evaluated")
+    db2.execute(f"CREATE SOURCE {evaluated} (ts BIGINT, device VARCHAR, value DOUBLE)")
+    values = "(2 ^ 3, $$x$$ || 'y', round(2.5)), (7 / 2, 'z', 1.0 / 4)"
+    assert int(db2.execute(f"INSERT INTO {evaluated} VALUES {values}")) == 2
+    got = db2.sql(f"SELECT ts, device, value FROM {evaluated}").fetchall()
+    assert (
+        bag(got)
+        == bag(nat.sql(f"VALUES {values}").fetchall())
+        == bag([(1, "xy", 3.0), (3, "z", 0.25)])
+    )
     # A column left out of the list is NULL (native fills the listed values in by position).
     assert int(db2.execute(f"INSERT INTO {name} (ts, value) VALUES (4, 4.5)")) == 1
     assert db2.sql(f"SELECT ts, device, value FROM {name} WHERE ts = 4").fetchall() == [
