@@ -59,6 +59,7 @@ from laminardb.streams.clock import (
 )
 from laminardb.streams.combine import Agg, combine, final, shared
 from laminardb.streams.having import predicate, rewrite
+from laminardb.streams.written import Written
 
 __all__ = [  # the cluster clock lives in clock.py; re-exported for merged.py and the tests
     "DEFAULT_DELAY_MS",
@@ -206,10 +207,12 @@ def plan(stream: str, create_sql: str, catalog: Catalog) -> MergePlan | str:
         size_ms, slide_ms = found_size, found_slide
         if size_ms % slide_ms:
             return f"its hop window's size is not a multiple of its slide: {window.sql()}"
+    written = Written(select_sql)  # what the workers run is copied from the user's text
     group_items = [i for i in items if i is not window]
-    group_sql = [i.sql(dialect=SQLGLOT_DIALECT) for i in group_items]
+    group_sql = [i.sql(dialect=SQLGLOT_DIALECT) for i in group_items]  # to match items by
+    group_text = [written.text(i) for i in group_items]
     where = tree.args.get("where")
-    cond = where.this.sql(dialect=SQLGLOT_DIALECT) if where is not None else None
+    cond = written.text(where.this) if where is not None else None
 
     def wrap(arg: str) -> str:
         return f"CASE WHEN {cond} THEN {arg} END" if cond else arg
@@ -220,6 +223,7 @@ def plan(stream: str, create_sql: str, catalog: Catalog) -> MergePlan | str:
     projected = False
 
     distinct: list[str] = []  # the argument of the DISTINCT aggregates (one at most)
+    distinct_text: list[str] = []  # the same as written
 
     def add_agg(node: exp.Expression, kind: str) -> int | str:
         """Index of a new aggregate computed as partials, or why it cannot be."""
@@ -230,10 +234,11 @@ def plan(stream: str, create_sql: str, catalog: Catalog) -> MergePlan | str:
             if text is None or (distinct and distinct[0] != text):
                 return "its DISTINCT aggregates are not all over one argument"
             distinct[:] = [text]
+            distinct_text[:] = [written.text(values[0])]
             aggs.append(Agg(kind, (), distinct=True))
             return len(aggs) - 1
         star = isinstance(arg, exp.Star)
-        arg_sql = "1" if star else arg.sql(dialect=SQLGLOT_DIALECT)
+        arg_sql = "1" if star else written.text(arg)
         i = len(aggs)
         cols: tuple[str, ...]
         if kind == "avg":
@@ -281,12 +286,12 @@ def plan(stream: str, create_sql: str, catalog: Catalog) -> MergePlan | str:
         if isinstance(rewritten, str):
             return rewritten
         having = rewritten
-    keys = [f"{g} AS __g{i}" for i, g in enumerate(group_sql)]
-    keys += [f"{d} AS __d" for d in distinct]
+    keys = [f"{g} AS __g{i}" for i, g in enumerate(group_text)]
+    keys += [f"{d} AS __d" for d in distinct_text]
     counts = ["COUNT(*) AS __n"] + ([f"COUNT(CASE WHEN {cond} THEN 1 END) AS __m"] if cond else [])
     source = tables[0].sql(dialect=SQLGLOT_DIALECT)
     if cumulative:  # each cycle, every worker emits its full current partials (research §4.6)
-        by = [*group_sql, *distinct]
+        by = [*group_text, *distinct_text]
         items, aggs = shared([*keys, *counts, *partials], aggs)
         partial_sql = f"SELECT {', '.join(items)} FROM {source}" + (
             f" GROUP BY {', '.join(by)}" if by else ""
@@ -297,7 +302,7 @@ def plan(stream: str, create_sql: str, catalog: Catalog) -> MergePlan | str:
         cycle = f"TUMBLE({ts}, {CYCLE_BUCKET_MS})"
         partial_sql = (
             f"SELECT {', '.join([*keys, f'{bucket} AS __w', *counts, *partials])} FROM {source} "
-            f"GROUP BY {', '.join([*group_sql, *distinct, bucket, cycle])}"
+            f"GROUP BY {', '.join([*group_text, *distinct_text, bucket, cycle])}"
         )
     return MergePlan(
         stream=stream,
