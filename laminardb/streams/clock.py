@@ -10,20 +10,21 @@ instance drops. Also the parsing of a source's WATERMARK clause and of INTERVAL 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from laminardb.api.errors import LaminarError
 from laminardb.cluster.catalog import Relation
+from laminardb.plan.tokens import Token, tokenize
 
 MIN_WATERMARK = -(2**63)
 DEFAULT_DELAY_MS = 1000
-"""The native engine honours only INTERVAL delays; any other WATERMARK form acts as 1 s."""
+"""The delay the engine gives a WATERMARK expression it does not read (`ts - 5000`, a
+bracketed one, an INTERVAL whose value is not a whole number)."""
 
-_WATERMARK = re.compile(
-    r"WATERMARK\s+FOR\s+(\"[^\"]+\"|\w+)(?:\s+AS\s+([^,)]*(?:\([^)]*\))?[^,)]*))?", re.I
-)
 _INTERVAL = re.compile(r"INTERVAL\s+'\s*(\d+)\s*([a-z]*)\s*'\s*([a-z]*)", re.I)
 _UNIT_MS = {
     "millisecond": 1,
@@ -53,13 +54,77 @@ def interval_ms(text: str) -> int | None:
 
 def watermark_of(relation: Relation) -> tuple[str, int] | None:
     """(column, delay ms) of a source's WATERMARK clause as the engine honours it, or None."""
-    match = _WATERMARK.search(relation.create_sql)
-    if match is None:
+    try:
+        found = list(tokenize(relation.create_sql))
+    except LaminarError:
         return None
-    name = match.group(1).strip('"')
-    column = next((n for n in relation.schema.names if n.lower() == name.lower()), name)
-    delay = interval_ms(match.group(2) or "") if match.group(2) else None
-    return column, DEFAULT_DELAY_MS if delay is None else delay
+    for i, token in enumerate(found[:-2]):
+        if token.is_word("WATERMARK") and found[i + 1].is_word("FOR") and found[i + 2].is_ident:
+            name = found[i + 2].ident
+            column = next((n for n in relation.schema.names if n.lower() == name.lower()), name)
+            return column, _delay(_expression(found[i + 3 :]))
+    return None
+
+
+def _expression(rest: list[Token]) -> list[Token]:
+    """The tokens of `AS <expression>` up to the end of the clause (none without AS)."""
+    if not rest or not rest[0].is_word("AS"):
+        return []
+    out: list[Token] = []
+    depth = 0
+    for token in rest[1:]:
+        if depth == 0 and (token.is_punct(",") or token.is_punct(")")):
+            break
+        depth += token.is_punct("(") - token.is_punct(")")
+        out.append(token)
+    return out
+
+
+_DELAY_UNITS: dict[str, Callable[[int], int]] = {
+    "SECOND": lambda n: n * 1000,
+    "MINUTE": lambda n: n * 60_000,
+    "HOUR": lambda n: n * 3_600_000,
+    "DAY": lambda n: n * 86_400_000,
+    "MILLISECOND": lambda n: n,
+    "MICROSECOND": lambda n: n // 1000,
+}
+"""The INTERVAL units the engine reads in a watermark, applied to the whole number written;
+any other unit (plurals such as MINUTES included) or none counts as seconds."""
+
+
+def _delay(expression: list[Token]) -> int:
+    """The engine's delay for a WATERMARK expression, form by form as it was found to read
+    them: none, the bare column, or a top-level `+`, `*` or `/` is 0; `col - INTERVAL 'n'
+    UNIT` is n of UNIT (n: the part of the value before a `:`, a whole number, else 1 s);
+    anything else is 1 s."""
+    if not expression or (len(expression) == 1 and expression[0].is_ident):
+        return 0
+    depth = 0
+    additive: int | None = None
+    multiplicative = False
+    for i, token in enumerate(expression):
+        top = depth == 0 and i > 0
+        if top and (token.is_punct("+") or token.is_punct("-")):
+            additive = i
+        elif top and (token.is_punct("*") or token.is_punct("/")):
+            multiplicative = True
+        depth += token.is_punct("(") - token.is_punct(")")
+    if additive is None:
+        return 0 if multiplicative else DEFAULT_DELAY_MS
+    if expression[additive].is_punct("+"):
+        return 0
+    right = expression[additive + 1 :]
+    interval = len(right) >= 2 and right[0].is_word("INTERVAL") and right[1].kind in _VALUES
+    if not interval or any(t.is_punct("*") or t.is_punct("/") for t in right):
+        return DEFAULT_DELAY_MS  # `ts - 5000`, `ts - INTERVAL '2' SECOND * 2`
+    value = right[1].text.strip("'").split(":")[0]
+    if not re.fullmatch(r"\+?\d+", value):
+        return DEFAULT_DELAY_MS
+    unit = right[2].text.upper() if len(right) > 2 and right[2].kind == "word" else ""
+    return _DELAY_UNITS.get(unit, _DELAY_UNITS["SECOND"])(int(value))
+
+
+_VALUES = ("string", "number")
 
 
 # -- the cluster watermark of one source ---------------------------------------------------------
