@@ -60,7 +60,8 @@ def predicate(condition: Any) -> pc.Expression:
     if isinstance(node, exp.Neg):
         return pc.negate(predicate(node.this))
     if isinstance(node, exp.Is) and isinstance(node.expression, exp.Null):
-        return pc.is_null(predicate(node.this))
+        missing = pc.is_null(predicate(node.this))
+        return ~missing if node.args.get("negate") else missing  # sqlglot: IS NOT NULL
     if isinstance(node, exp.Between):
         value = predicate(node.this)
         low, high = predicate(node.args["low"]), predicate(node.args["high"])

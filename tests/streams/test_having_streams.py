@@ -24,6 +24,9 @@ STREAMS = {
     "hg": f"CREATE STREAM hg AS SELECT {W} AS w, COUNT(*) AS n, SUM(value) AS total FROM ev "
     f"WHERE value > 1 GROUP BY {W} HAVING MAX(value) BETWEEN 2 AND 5 OR COUNT(value) >= 12 "
     "EMIT FINAL",
+    "hn": f"CREATE STREAM hn AS SELECT device, {W} AS w, MIN(ts) AS lo FROM ev GROUP BY device, "
+    f"{W} HAVING MAX(value) IS NOT NULL AND (MIN(value) IS NULL OR MIN(value) > 1) "
+    "EMIT ON WINDOW CLOSE",  # sqlglot reads IS NOT NULL as one node, `Is(negate=True)`
 }
 
 
