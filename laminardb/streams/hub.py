@@ -35,7 +35,7 @@ import zmq
 from laminardb.api.errors import LaminarError, SchemaError, StreamError, SubscriptionError, codes
 from laminardb.cluster.catalog import Catalog
 from laminardb.cluster.supervisor import Cluster
-from laminardb.plan.statements import Statement
+from laminardb.plan.statements import Statement, StatementKind
 from laminardb.streams import merged, union
 from laminardb.streams.feed import MAX_BATCHES, MAX_BYTES, Feed
 from laminardb.wire import arrow_ipc, protocol
@@ -174,7 +174,12 @@ class StreamHub:
     def after_ddl(self, stmt: Statement, catalog: Catalog) -> None:
         """A catalog statement succeeded: keep partial streams in step; a dropped stream's
         subscribers end (next() returns None; the native engine leaves them blocked)."""
-        for name in self.merges.after_ddl(stmt, catalog):
+        gone = set(self.merges.after_ddl(stmt, catalog))
+        with self._lock:
+            followed = {name for name, feeds in self._feeds.items() if feeds}
+        if stmt.kind is StatementKind.DROP and stmt.cascade and followed - gone:
+            gone |= followed - self.merges.stream_names()  # dropped with their source
+        for name in sorted(gone):
             with self._lock:
                 feeds = self._feeds.pop(name, [])
             for feed in feeds:

@@ -79,11 +79,12 @@ class Merges:
             ObjectKind.STREAM,
             ObjectKind.SOURCE,
         ):
-            present = self._stream_names()
+            present = self.stream_names()
             for stream in list(self.runs):
                 if stream not in present:
                     self.runs.pop(stream)
-            if stmt.drop_kind is ObjectKind.STREAM:
+                    gone.append(stream)  # dropped, or by DROP SOURCE ... CASCADE
+            if stmt.drop_kind is ObjectKind.STREAM and name not in gone:
                 gone.append(name)
             self.reasons = {k: v for k, v in self.reasons.items() if k in present}
         return gone
@@ -155,7 +156,8 @@ class Merges:
         run = self.runs.get(name)
         return run.merger.schema if run is not None else None
 
-    def _stream_names(self) -> set[str]:
+    def stream_names(self) -> set[str]:
+        """The streams the engines hold now."""
         return {n for n, _ in self._listing()}
 
     def _schema(self, name: str) -> pa.Schema:

@@ -354,6 +354,34 @@ def test_drop_stream_ends_subscribers_and_cancel_from_another_thread(pair: tuple
     assert all(not n.name.startswith("__ldb") for n in ours.topology().nodes)
 
 
+def test_drop_source_cascade_ends_the_subscribers_of_its_streams(pair: tuple[Any, Any]) -> None:
+    """Merged and forwarded streams alike; the names can be made again at once, as natively."""
+    theirs, ours = pair
+    plain = "CREATE STREAM p AS SELECT ts, device FROM ev WHERE value > 1"
+    for conn in (theirs, ours):
+        conn.execute(SOURCE.format(partition=""))
+        conn.execute(GLOBAL)
+        conn.execute(plain)
+    ours.start()
+    subs = {name: ours.subscribe_stream(name) for name in ("g", "p")}
+    results: dict[str, Any] = {}
+    threads = {
+        name: threading.Thread(target=lambda n=name: results.setdefault(n, subs[n].next()))
+        for name in subs
+    }
+    for thread in threads.values():
+        thread.start()
+    for conn in (theirs, ours):
+        conn.execute("DROP SOURCE ev CASCADE")
+    for name, thread in threads.items():
+        thread.join(10)
+        assert not thread.is_alive() and results[name] is None, name
+    assert [s.name for s in ours.streams()] == [s.name for s in theirs.streams()] == []
+    ours.execute(SOURCE.format(partition=""))
+    ours.execute(GLOBAL)
+    assert ours.subscribe_stream("g").is_active
+
+
 def test_close_from_another_thread_wakes_next(pair: tuple[Any, Any]) -> None:
     _, ours = pair
     ours.execute(SOURCE.format(partition=""))
