@@ -23,6 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from laminardb.api.args import unsigned_arg
 from laminardb.api.errors import LaminarError, SubscriptionError, codes
 from laminardb.api.observe import BatchIterator
 from laminardb.api.results import QueryResult
@@ -76,10 +77,9 @@ class _FeedReader:
 
     def next_timeout(self, timeout_ms: int) -> QueryResult | None:
         """Wait up to `timeout_ms` for the next batch; SubscriptionError (502) on timeout."""
-        if timeout_ms < 0:
-            raise OverflowError("can't convert negative int to unsigned")
+        wait_s = min(unsigned_arg("timeout_ms", timeout_ms) / 1000, threading.TIMEOUT_MAX)
         try:
-            return _result(self._feed.get(timeout_ms / 1000))
+            return _result(self._feed.get(wait_s))
         except Empty:
             raise _timeout() from None
 

@@ -218,6 +218,23 @@ def test_an_integer_out_of_range_fails_as_natively(both: tuple[Any, Any]) -> Non
     both[1].writer("wm").watermark(2**63 - 1)  # the edge itself is taken
 
 
+def test_next_timeout_checks_its_argument_as_natively(both: tuple[Any, Any]) -> None:
+    subs = []
+    for conn in both:
+        conn.execute("CREATE SOURCE nt (ts BIGINT)")
+        conn.execute("CREATE STREAM nt_s AS SELECT ts FROM nt")
+        subs.append(conn.subscribe_stream("nt_s"))
+    for value in (1.5, None, "10", -1, 2**64):
+        errors = []
+        for sub in subs:
+            with pytest.raises((TypeError, OverflowError)) as info:
+                sub.next_timeout(value)
+            errors.append((type(info.value), str(info.value)))
+        assert errors[0] == errors[1], value
+    with pytest.raises(laminardb.SubscriptionError, match="timeout"):
+        subs[1].next_timeout(0)
+
+
 @pytest.mark.parametrize("name", ["open", "sql", "execute", "mv"])
 def test_module_function_parameters_like_native(name: str) -> None:
     theirs = _parameters(getattr(native, name))
