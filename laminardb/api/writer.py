@@ -91,6 +91,8 @@ class Writer(WriterBase):
     def current_watermark(self) -> int:
         """The source's watermark, as native reports it: the highest of those set through this
         writer and the cluster watermark that inserts moved (max event time minus delay)."""
+        if self._conn._state != "Running":  # natively no watermark moves before start()
+            return self._watermark
         clock = self._conn._streams.source_watermark(self._name)
         return self._watermark if clock is None else max(self._watermark, clock)
 

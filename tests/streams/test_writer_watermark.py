@@ -202,3 +202,24 @@ def test_watermark_takes_only_integers_like_native(bad: Any) -> None:
     finally:
         ours.close()
         one.close()
+
+
+def test_no_watermark_moves_before_start_as_natively() -> None:
+    """Natively rows inserted before `start()` leave the writer's watermark where it was."""
+    ddl = "CREATE SOURCE early (ts BIGINT, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)"
+    one = native.open(":memory:")
+    ours = laminardb.open(":memory:", workers=2)
+    try:
+        marks = []
+        for conn in (one, ours):
+            conn.execute(ddl)
+            writer = conn.writer("early")
+            writer.insert([{"ts": 5000}])
+            writer.flush()
+            before = writer.current_watermark
+            writer.watermark(2000)
+            marks.append((before, writer.current_watermark))
+        assert marks[0] == marks[1] == (-(2**63), 2000)
+    finally:
+        ours.close()
+        one.close()
