@@ -91,8 +91,10 @@ class Writer(WriterBase):
     def current_watermark(self) -> int:
         """The source's watermark, as native reports it: the highest of those set through this
         writer and the cluster watermark that inserts moved (max event time minus delay)."""
-        if self._conn._state != "Running":  # natively no watermark moves before start()
-            return self._watermark
+        if self._conn._state != "Running":  # before start() only watermark() moves it,
+            with self._conn._lock:  # set through any writer, or replayed from the log
+                self._conn._check()
+                return max(self._watermark, self._conn._streams.workers_watermark(self._name))
         clock = self._conn._streams.source_watermark(self._name)
         return self._watermark if clock is None else max(self._watermark, clock)
 

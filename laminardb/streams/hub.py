@@ -230,6 +230,10 @@ class StreamHub:
         """A user's `Writer.watermark` reached every worker: the cluster clock follows it."""
         self.merges.advance(source, timestamp, catalog)
 
+    def workers_watermark(self, source: str) -> int:
+        """The workers' engines' watermark of `source` (cluster lock held)."""
+        return self.merges.workers_watermark(source)
+
     def source_watermark(self, source: str) -> int | None:
         """The cluster watermark of `source` (None without a WATERMARK clause or before any)."""
         return self.merges.watermark(source)

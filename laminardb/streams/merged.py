@@ -237,11 +237,12 @@ class Merges:
             mark = merge.watermark_of(relation) if relation is not None else None
             clock = merge.SourceClock(*mark) if mark is not None else None
             if clock is not None:
-                clock.advance(self._workers_watermark(source))
+                clock.advance(self.workers_watermark(source))
             self._clocks[source] = clock
         return self._clocks[source]
 
-    def _workers_watermark(self, source: str) -> int:
+    def workers_watermark(self, source: str) -> int:
+        """The highest of the workers' own watermarks of `source` (their engines')."""
         call = protocol.Call
         replies = self._cluster.broadcast(lambda rid: call(rid, "source_metrics", [source]))
         marks = [int(r.value["watermark"]) for r in replies if r.value]

@@ -141,6 +141,7 @@ def test_writer_watermark_survives_restart_and_reopen(tmp_path) -> None:
         assert marks(db) == [5_000, 5_000]  # the restarted worker replayed it
     with laminardb.open(path, workers=3) as db:
         assert marks(db) == [5_000] * 3
+        assert db.writer("t").current_watermark == 5_000  # what the API shows of it
         assert db.sql("SELECT count(*) AS n FROM t").to_arrow().to_pylist() == [{"n": 2}]
 
 
