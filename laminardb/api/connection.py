@@ -451,16 +451,26 @@ class Connection:
         self._router.flush()
         if stmt.kind is StatementKind.INSERT:
             return self._insert_statement(stmt)
-        with self._recovery.statement(stmt.sql if self._logging else None):  # write-ahead
-            if stmt.kind in _HOME_ONLY:
-                reply = self._cluster.request(0, _execute_request(self._cluster, stmt))
-            else:
-                reply = ddl.apply(self._cluster, self._catalog, self._router, stmt)
-            self._streams.after_ddl(stmt, self._catalog)  # merged streams' partials
+        try:
+            reply = self._apply(stmt)
+        except ConnectionError as exc:  # worker 0 died just before: applied nowhere
+            if not ddl.applied_nowhere(exc) or not self._cluster.dead(0):
+                raise
+            self._recovery.ensure()  # restarted from the log (or the in-memory error)
+            reply = self._apply(stmt)
         result = _execute_result(reply)
         if stmt.kind in (StatementKind.CREATE_STREAM, StatementKind.CREATE_MATERIALIZED_VIEW):
             self._log_query(stmt.query or stmt.sql)
         return result
+
+    def _apply(self, stmt: statements.Statement) -> Any:
+        with self._recovery.statement(stmt.sql if self._logging else None):  # write-ahead
+            if stmt.kind in _HOME_ONLY:
+                reply = ddl.run_first(self._cluster, _execute_request(self._cluster, stmt))
+            else:
+                reply = ddl.apply(self._cluster, self._catalog, self._router, stmt)
+            self._streams.after_ddl(stmt, self._catalog)  # merged streams' partials
+        return reply
 
     def _insert_statement(self, stmt: statements.Statement) -> ExecuteResult:
         relation = self._catalog.get(stmt.name or "")

@@ -45,7 +45,7 @@ def apply(cluster: Cluster, catalog: Catalog, router: Router, stmt: Statement) -
     _check_drop_kind(catalog, stmt)
     existed = stmt.name is not None and stmt.name in catalog
     make = _execute(stmt)
-    first = cluster.request(0, make(cluster.new_rid()))
+    first = run_first(cluster, make(cluster.new_rid()))
     others = list(range(1, len(cluster.workers)))
     if others:
         try:
@@ -58,6 +58,22 @@ def apply(cluster: Cluster, catalog: Catalog, router: Router, stmt: Statement) -
             _finish(cluster, catalog, router, stmt, existed, recovery, exc)
     _update_catalog(cluster, catalog, router, stmt, existed)
     return first
+
+
+def run_first(cluster: Cluster, request: Any) -> Response:
+    """Send a statement to worker 0, which runs every statement first. When that fails
+    with a ConnectionError, no worker has applied it (`applied_nowhere`): a caller with a
+    log may restart worker 0 and send it again."""
+    try:
+        return cluster.request(0, request)
+    except ConnectionError as exc:
+        exc.applied_nowhere = True  # type: ignore[attr-defined]
+        raise
+
+
+def applied_nowhere(exc: ConnectionError) -> bool:
+    """Whether `exc` came from `run_first`: the statement reached no engine."""
+    return bool(getattr(exc, "applied_nowhere", False))
 
 
 def _check_drop_kind(catalog: Catalog, stmt: Statement) -> None:
