@@ -315,6 +315,7 @@ class Connection:
             if stmt.kind is StatementKind.OTHER:
                 # Not something we recognise: the engine's own parser gives the native error.
                 return QueryResult(gather.run(stmt.sql, [], self._catalog, self._fetch))
+            self._execute_one(stmt)  # native runs it, then says it has no rows
             raise QueryError(f"Expected query result, got DDL/DML: {stmt.sql}")
 
     def query(self, sql: str) -> QueryResult:

@@ -485,6 +485,9 @@ def test_sql_on_ddl_raises_query_error_like_native(db2: Any, nat: Any) -> None:
         theirs = outcome(lambda sql=sql: nat.sql(sql))
         assert ours[0] == theirs[0] == "QueryError", (sql, ours, theirs)
         assert ours == theirs
+    # ... after running it, as native does
+    assert f"{name}_new" in db2.list_tables()
+    rows_equal(db2, nat, f"SELECT * FROM {name}")
 
 
 def test_explain_returns_a_plan_table(db2: Any, nat: Any) -> None:
