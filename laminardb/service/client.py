@@ -304,9 +304,17 @@ class RemoteConnection:
 
     def _roundtrip(self, message: p.Call | p.Subscribe, link: _Link | None = None) -> Any:
         link = link or self._link
-        link.send(p.Codec(records=False).encode(message))
+        frames = p.Codec(records=False).encode(message)
+        if len(frames[0]) > p.MAX_HEADER_BYTES:
+            raise LaminarError(
+                f"request too large for the service ({len(frames[0])} bytes of SQL or text > "
+                f"{p.MAX_HEADER_BYTES}): send rows as data (insert of a table) or load() a file"
+            )
+        link.send(frames)
         while True:
             reply = link.receive(WAIT_SLICE_MS)
+            if isinstance(reply, p.Fail) and reply.rid == 0:  # the service could not read our
+                raise from_wire(reply.kind, reply.message, reply.code, reply.shard)  # rid
             if reply is None or getattr(reply, "rid", None) != message.rid:
                 continue  # still waiting, or a late answer to an abandoned call
             if isinstance(reply, p.Fail):

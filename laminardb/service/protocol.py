@@ -22,8 +22,9 @@ import msgspec
 import pyarrow as pa
 
 VERSION = 2
-MAX_HEADER_BYTES = 1 << 20
-"""A header above this size is refused (the data itself travels in frames or shared memory)."""
+MAX_HEADER_BYTES = 64 << 20
+"""A header above this size is refused (the data itself travels in frames or shared memory;
+a header holds SQL text and `insert_json`/`insert_csv` text, which may be megabytes)."""
 MAX_FRAMES = 64
 
 EXT_TABLE = 1

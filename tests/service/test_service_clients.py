@@ -4,6 +4,7 @@ answers equal to one native instance, data through /dev/shm, native error classe
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from service_support import ROOT, Cli
 
 import laminardb
 from laminardb.api.connection import Connection
+from laminardb.service import protocol as p
 from laminardb.service.client import RemoteConnection
 
 ROWS = [{"ts": i, "device": f"d{i % 5}", "value": float(i) / 4} for i in range(200)]
@@ -106,6 +108,21 @@ CHILD = textwrap.dedent(
     db.close()
     """
 )
+
+
+def test_statements_and_texts_of_megabytes(service: tuple[Cli, str]) -> None:
+    """SQL and insert_json text travel in the message header: megabytes are served, and a
+    text beyond the protocol's limit fails at once in the client (it used to hang)."""
+    _, uri = service
+    rows = [{"a": i, "s": "x" * 20} for i in range(40_000)]  # about 1.7 MB of JSON
+    with laminardb.connect(uri) as db:
+        db.execute("CREATE SOURCE big_text (a BIGINT, s VARCHAR)")
+        assert db.insert_json("big_text", json.dumps(rows)) == len(rows)
+        assert db.sql("SELECT '" + "y" * 2_000_000 + "' AS s").num_rows == 1
+        assert db.sql("SELECT count(*) AS n FROM big_text").fetchall() == [(len(rows),)]
+        with pytest.raises(laminardb.LaminarError, match="request too large"):
+            db.sql("SELECT '" + "z" * (p.MAX_HEADER_BYTES + 1) + "' AS s")
+        assert db.sql("SELECT 1 AS one").fetchall() == [(1,)]
 
 
 def test_two_client_processes_share_one_cluster(service: tuple[Cli, str]) -> None:

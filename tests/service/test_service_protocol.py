@@ -158,7 +158,11 @@ HOSTILE = {
         True,
         "Arrow",
     ),
-    "huge header": ([b"\x91" + msgspec.msgpack.encode("x" * (2 << 20))], True, "too large"),
+    "huge header": (
+        [b"\x91" + msgspec.msgpack.encode("x" * (p.MAX_HEADER_BYTES + 1))],
+        True,
+        "too large",
+    ),
     "huge segment": (
         call("insert", "t", segment="laminardb-1-c-0123456789abcdef", segment_size=1 << 50),
         True,
