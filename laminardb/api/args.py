@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import inspect
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 _T = TypeVar("_T")
@@ -19,7 +19,13 @@ _CHECKED = ("str", "str | None", "int")
 def typed_arguments(cls: type[_T]) -> type[_T]:
     """`cls` with each public method that takes `str` or `int` parameters checking them on
     call."""
-    for name, member in list(vars(cls).items()):
+    return checked_by(argument_checks(cls))(cls)
+
+
+def argument_checks(cls: type) -> dict[str, list[_Check]]:
+    """Per public method of `cls`, its `str` / `int` parameters (position, name, type)."""
+    found: dict[str, list[_Check]] = {}
+    for name, member in vars(cls).items():
         if name.startswith("_") or not inspect.isfunction(member):
             continue
         checks = [
@@ -28,8 +34,22 @@ def typed_arguments(cls: type[_T]) -> type[_T]:
             if isinstance(p.annotation, str) and p.annotation in _CHECKED
         ]
         if checks:
-            setattr(cls, name, _checked(member, checks))
-    return cls
+            found[name] = checks
+    return found
+
+
+def checked_by(table: Mapping[str, Sequence[_Check]]) -> Callable[[type[_T]], type[_T]]:
+    """A class decorator checking the methods named in `table` as it says (for a class whose
+    methods are generated, such as the service client, from `argument_checks(Connection)`)."""
+
+    def decorate(cls: type[_T]) -> type[_T]:
+        for name, checks in table.items():
+            member = vars(cls).get(name)
+            if inspect.isfunction(member):
+                setattr(cls, name, _checked(member, checks))
+        return cls
+
+    return decorate
 
 
 def not_text(name: str, value: object) -> TypeError:
@@ -69,7 +89,7 @@ def signed_arg(name: str, value: object) -> int:
     return number
 
 
-def _check(checks: list[_Check], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+def _check(checks: Sequence[_Check], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     for i, name, annotation in checks:
         if i < len(args):
             value = args[i]
@@ -83,7 +103,7 @@ def _check(checks: list[_Check], args: tuple[Any, ...], kwargs: dict[str, Any]) 
             raise not_text(name, value)
 
 
-def _checked(fn: Callable[..., Any], checks: list[_Check]) -> Callable[..., Any]:
+def _checked(fn: Callable[..., Any], checks: Sequence[_Check]) -> Callable[..., Any]:
     """`fn` checking its arguments first (an `async def` stays one: checked when awaited)."""
     if inspect.iscoroutinefunction(fn):
 

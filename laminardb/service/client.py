@@ -31,6 +31,7 @@ import pyarrow as pa
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from laminardb.api.args import checked_by
 from laminardb.api.config import LaminarConfig
 from laminardb.api.errors import (
     ConnectionError,
@@ -224,6 +225,33 @@ class _Receiver:
             self.link.close()
 
 
+#: `argument_checks(Connection)`, spelled out so that connecting does not import the
+#: coordinator (a test keeps the two equal): the client fails as `Connection` does.
+ARGUMENT_CHECKS: dict[str, tuple[tuple[int, str, str], ...]] = {
+    **dict.fromkeys(("insert", "writer", "schema", "stats"), ((1, "table", "str"),)),
+    **dict.fromkeys(("insert_json", "insert_csv"), ((1, "table", "str"), (2, "data", "str"))),
+    "load": ((1, "table", "str"), (2, "path", "str"), (3, "format", "str | None")),
+    **dict.fromkeys(("sql", "explain"), ((1, "query", "str"),)),
+    **dict.fromkeys(
+        ("query", "stream", "subscribe", "subscribe_callback", "subscribe_async", "execute"),
+        ((1, "sql", "str"),),
+    ),
+    **dict.fromkeys(
+        (
+            "subscribe_stream",
+            "subscribe_stream_callback",
+            "subscribe_stream_async",
+            "create_table",
+            "source_metrics",
+            "stream_metrics",
+        ),
+        ((1, "name", "str"),),
+    ),
+    "query_stream": ((1, "name", "str"), (2, "filter", "str | None")),
+    "cancel_query": ((1, "query_id", "int"),),
+}
+
+
 def _remote(method: str) -> Callable[..., Any]:
     def call(self: RemoteConnection, *args: Any, **kwargs: Any) -> Any:
         return self._call(method, *args, kwargs=kwargs)
@@ -242,6 +270,7 @@ def _remote_property(name: str) -> property:
     return property(get)
 
 
+@checked_by(ARGUMENT_CHECKS)
 class RemoteConnection:
     """The `Connection` API of a database served by `laminardb-cluster` at `uri`.
 

@@ -15,6 +15,7 @@ error reply instead of dying.
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -204,6 +205,10 @@ class Codec:
             return msgspec.msgpack.Ext(EXT_TABLE, (len(self.frames) - 1).to_bytes(4, "little"))
         if isinstance(value, pa.Schema):
             return msgspec.msgpack.Ext(EXT_SCHEMA, value.serialize().to_pybytes())
+        if isinstance(value, str | float) and not isinstance(value, bool):  # numpy's str_...
+            return str(value) if isinstance(value, str) else float(value)
+        if hasattr(type(value), "__index__") and not isinstance(value, bool):  # numpy ints
+            return operator.index(value)
         raise TypeError(f"cannot send a {type(value).__name__} over the service protocol")
 
     def _prepare(self, value: Any) -> Any:

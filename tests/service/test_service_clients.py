@@ -12,14 +12,16 @@ import textwrap
 import time
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from service_support import ROOT, Cli
 
 import laminardb
+from laminardb.api.args import argument_checks
 from laminardb.api.connection import Connection
 from laminardb.service import protocol as p
-from laminardb.service.client import RemoteConnection
+from laminardb.service.client import ARGUMENT_CHECKS, RemoteConnection
 
 ROWS = [{"ts": i, "device": f"d{i % 5}", "value": float(i) / 4} for i in range(200)]
 QUERIES = [
@@ -42,6 +44,8 @@ def test_public_surface_matches_connection() -> None:
         local, remote = getattr(Connection, name), getattr(RemoteConnection, name)
         assert isinstance(local, property) == isinstance(remote, property), name
         assert inspect.iscoroutinefunction(local) == inspect.iscoroutinefunction(remote), name
+    expected = {name: tuple(checks) for name, checks in argument_checks(Connection).items()}
+    assert expected == ARGUMENT_CHECKS  # the client checks arguments as Connection does
 
 
 def test_same_answers_as_one_native_instance(service: tuple[Cli, str]) -> None:
@@ -85,6 +89,13 @@ def test_errors_are_native_classes_and_nothing_is_half_applied(service: tuple[Cl
             db.sql(None)
         with pytest.raises(TypeError, match="argument 'table': 'int' object cannot be cast"):
             db.insert_json(5, "[]")
+        with pytest.raises(TypeError, match="argument 'table': 'NoneType' object cannot be"):
+            db.insert(None, [{"id": 1}])
+        with pytest.raises(TypeError, match="argument 'name': 'int' object cannot be cast"):
+            db.subscribe_stream(5)
+        with pytest.raises(OverflowError, match="can't convert negative int to unsigned"):
+            db.cancel_query(-1)
+        assert db.sql(np.str_("SELECT 2 AS two")).fetchall() == [(2,)]  # numpy scalars
         assert db.sql("SELECT count(*) AS n FROM errs").to_arrow().column(0)[0].as_py() == 0
         assert db.insert_json("errs", '[{"id": 7, "name": "j"}]') == 1
         assert db.insert_csv("errs", "id,name\n8,c\n") == 1
