@@ -166,6 +166,8 @@ def connect(
     Any other URI opens a local in-memory database, like native `connect`."""
     from laminardb.service.client import RemoteConnection, is_service_uri
 
+    if not isinstance(uri, str):
+        raise not_text("_uri", uri)  # native's parameter name
     if is_service_uri(uri):
         return RemoteConnection(uri, secret_file=secret_file)
     return open(":memory:", workers=workers)

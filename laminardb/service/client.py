@@ -100,10 +100,18 @@ class _Link:
 
     def _hello(self, uri: str, curve: bool) -> p.Welcome:
         if uri.startswith("ipc://") and not os.path.exists(uri[len("ipc://") :]):
-            raise ConnectionError(f"no laminardb service at {uri}: the socket does not exist")
+            raise ConnectionError(
+                f"no laminardb service at {uri}: the socket does not exist",
+                code=codes.CONNECTION_FAILED,
+            )
         monitor = self.sock.get_monitor_socket(_AUTH_EVENTS)
         try:
-            self.sock.connect(uri)
+            try:
+                self.sock.connect(uri)
+            except zmq.ZMQError as exc:
+                raise ConnectionError(
+                    f"cannot connect to {uri}: {exc}", code=codes.CONNECTION_FAILED
+                ) from None
             token = secrets.token_hex(8)
             with contextlib.ExitStack() as stack:
                 probe, size = None, 0

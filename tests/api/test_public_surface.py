@@ -279,6 +279,17 @@ def test_open_refuses_a_path_or_worker_count_of_another_type(tmp_path: Any) -> N
         assert conn.path == str(tmp_path / "db")
 
 
+def test_connect_refuses_a_uri_of_another_type_and_a_bad_address() -> None:
+    for uri in (None, b"ipc:///tmp/x.sock", 5):  # not an in-memory database in disguise
+        with pytest.raises(TypeError) as theirs:
+            native.connect(uri)
+        with pytest.raises(TypeError) as ours:
+            laminardb.connect(uri)
+        assert str(ours.value) == str(theirs.value)
+    with pytest.raises(laminardb.ConnectionError, match="cannot connect to tcp://127.0.0.1"):
+        laminardb.connect("tcp://127.0.0.1")  # no port
+
+
 def test_open_and_connect_give_working_connections() -> None:
     for conn in (
         laminardb.open(":memory:", workers=1),
