@@ -322,7 +322,7 @@ def sql(
     text = _until_exit(script.read()) if script is not None else statement
     with _connect(state, secret_file) as conn:
         if text is not None:
-            if script is not None and not text.strip():
+            if script is not None and _empty(text):
                 sys.exit(EXIT_OK)  # an empty script does nothing, as in other SQL shells
             sys.exit(EXIT_OK if _run(conn, text, max_rows, fmt) else EXIT_ERROR)
         err.print(f"connected to {conn.path}; `exit` or Ctrl-D to leave")
@@ -339,12 +339,35 @@ def sql(
 
 
 def _until_exit(script: str) -> str:
-    """The script up to a line that is only `exit`, `quit` or `\\q`, as the shell reads it."""
+    """The script up to a line that is only `exit`, `quit` or `\\q` between statements, as
+    the shell reads it (a column named `quit` on a line of its own, or such a line inside a
+    string, is part of a statement)."""
+    from laminardb.api.errors import LaminarError
+    from laminardb.plan.tokens import tokenize
+
     lines = script.splitlines(keepends=True)
     for i, line in enumerate(lines):
-        if line.strip().lower() in _EXIT_WORDS:
-            return "".join(lines[:i])
+        if line.strip().lower() not in _EXIT_WORDS:
+            continue
+        before = "".join(lines[:i])
+        try:
+            found = list(tokenize(before))
+        except LaminarError:  # inside a string or a comment
+            continue
+        if not found or found[-1].is_punct(";"):
+            return before
     return script
+
+
+def _empty(script: str) -> bool:
+    """Whether a script holds no statement (blank, or comments only)."""
+    from laminardb.api.errors import LaminarError
+    from laminardb.plan.tokens import split_statements
+
+    try:
+        return not split_statements(script)
+    except LaminarError:
+        return False  # the run says what is wrong with it
 
 
 def _run(conn: Any, text: str, max_rows: int, fmt: str) -> bool:
@@ -388,12 +411,21 @@ def _run_one(conn: Any, statement: str, max_rows: int, fmt: str) -> bool:
         return True
     table = rows.to_arrow()
     if fmt == "json":
-        click.echo(json.dumps(table.to_pylist(), default=str))
+        click.echo(render.json_rows(table))
     elif fmt == "csv":
+        import pyarrow as pa
         import pyarrow.csv as pacsv
 
         sink = sys.stdout.buffer
-        pacsv.write_csv(table, sink)
+        try:
+            pacsv.write_csv(table, sink)
+        except pa.ArrowException as exc:  # a nested, interval or binary column
+            kinds = ", ".join(f"{f.name} ({f.type})" for f in table.schema)
+            err.print(
+                f"[red]--format csv cannot write these columns: {kinds} ({exc}); "
+                "use --format json[/red]"
+            )
+            return False
         sink.flush()
     else:
         out.print(render.result_table(table, max_rows))

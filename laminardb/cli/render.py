@@ -4,6 +4,8 @@ the progress bar of a long file load."""
 from __future__ import annotations
 
 import datetime
+import json
+import math
 from typing import Any
 
 import pyarrow as pa
@@ -148,3 +150,28 @@ class LoadProgress:
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def json_rows(table: pa.Table) -> str:
+    """The rows as one JSON array that strict parsers take: NaN and infinities are null
+    (JSON has no such numbers), bytes are hex, times ISO 8601, decimals their digits as
+    text, intervals {months, days, nanoseconds}."""
+    return json.dumps([_json_value(row) for row in table.to_pylist()], default=str)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple) and not isinstance(value, pa.MonthDayNano):
+        return [_json_value(v) for v in value]
+    if isinstance(value, pa.MonthDayNano):
+        return {"months": value.months, "days": value.days, "nanoseconds": value.nanoseconds}
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    return value

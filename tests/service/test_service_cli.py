@@ -110,6 +110,32 @@ def test_statement_lists_and_script_files(service: tuple[Cli, str], tmp_path: Pa
     assert cli.run("sql", "-f", str(script), "SELECT 1").returncode == 2
 
 
+def test_output_formats_for_scripts(service: tuple[Cli, str], tmp_path: Path) -> None:
+    """--format json is strict JSON (no NaN); --format csv refuses what CSV cannot hold
+    with a sentence, not a traceback; an `exit` line inside a statement is SQL."""
+    cli, _ = service
+    odd = cli.run(
+        "sql",
+        "--format",
+        "json",
+        "SELECT CAST('NaN' AS DOUBLE) AS a, X'DEADBEEF' AS b, CAST(1.5 AS DECIMAL(5, 2)) AS c",
+    )
+    assert odd.returncode == 0, odd.stderr
+    assert json.loads(odd.stdout, parse_constant=pytest.fail) == [
+        {"a": None, "b": "deadbeef", "c": "1.50"}
+    ]
+    nested = cli.run("sql", "--format", "csv", "SELECT [1, 2] AS l")
+    assert nested.returncode == 1 and "cannot write these columns: l" in nested.stderr
+    assert "Traceback" not in nested.stderr
+    quit_column = tmp_path / "quit.sql"
+    quit_column.write_text("SELECT\n  quit\nFROM (SELECT 1 AS quit);\nexit\nSELECT 2;\n")
+    ran = cli.run("sql", "--format", "json", "-f", str(quit_column))
+    assert ran.returncode == 0 and json.loads(ran.stdout) == [{"quit": 1}], ran.stderr
+    comments = tmp_path / "comments.sql"
+    comments.write_text("-- nothing to run\n")
+    assert cli.run("sql", "-f", str(comments)).returncode == 0
+
+
 def test_non_loopback_needs_a_secret(cli: Cli) -> None:
     done = cli.run("start", "--listen", "tcp://0.0.0.0:*")
     assert done.returncode == 2 and "--secret-file" in done.stderr
