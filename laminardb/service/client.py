@@ -372,9 +372,11 @@ class RemoteConnection:
         return self._closed and not self._shutdown
 
     def close(self) -> None:
-        """Detach from the service (it keeps running); ends this client's subscriptions."""
+        """Detach from the service (it keeps running); ends this client's subscriptions.
+        After `shutdown()`, as natively, the connection then counts as closed."""
         with self._lock:
             self._closed = True
+            self._shutdown = False
         self._finalizer()
 
     def shutdown(self) -> None:
@@ -389,7 +391,7 @@ class RemoteConnection:
         self.close()
 
     def __repr__(self) -> str:
-        return "Connection(closed)" if self._closed else f"Connection(open, {self.path})"
+        return "Connection(closed)" if self.is_closed else f"Connection(open, {self.path})"
 
     def status(self) -> dict[str, Any]:
         """The service and each worker (pid, alive, rows, rows/s, RSS, CPU %, watermark)."""

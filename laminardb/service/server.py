@@ -106,7 +106,8 @@ class Service:
         self._local = threading.local()
         self._pushers: list[zmq.Socket[bytes]] = []
         self._pushers_lock = threading.Lock()
-        self._clients: set[bytes] = set()
+        self._clients: dict[bytes, int | None] = {}
+        """Client sockets said hello, with the client's pid when it runs on this host."""
         self._subs: dict[tuple[bytes, int], StreamSubscription] = {}
         self._pumps: list[threading.Thread] = []
         self._subs_lock = threading.Lock()
@@ -211,7 +212,7 @@ class Service:
 
     def _forget(self, identity: bytes, why: str) -> None:
         """A client we cannot reach: drop it and stop its subscriptions."""
-        self._clients.discard(identity)
+        self._clients.pop(identity, None)
         with self._subs_lock:
             gone = [key for key in self._subs if key[0] == identity]
             subs = [self._subs.pop(key) for key in gone]
@@ -247,6 +248,14 @@ class Service:
         shard = exc.shard if isinstance(exc, LaminarError) else None
         self._push(identity, p.Fail(rid, kind, text, code, shard))
 
+    def _live_clients(self) -> int:
+        """Clients that said hello and not goodbye, less those on this host whose process
+        has died (a killed client never says goodbye)."""
+        for identity, pid in list(self._clients.items()):
+            if pid is not None and not psutil.pid_exists(pid):
+                self._clients.pop(identity, None)
+        return len(self._clients)
+
     def _welcome(self, identity: bytes, hello: p.Hello) -> None:
         token = ""
         if hello.probe is not None:
@@ -254,7 +263,7 @@ class Service:
                 token = str(shm.take(hello.probe, hello.probe_size).column(0)[0].as_py())
             except Exception as exc:  # another host, or another /dev/shm: data goes inline
                 log.info("client %d cannot share memory with us: %s", hello.pid, exc)
-        self._clients.add(identity)
+        self._clients[identity] = hello.pid if hello.boot_id == self._boot else None
         workers = len(self.conn._cluster.workers)
         self._push(identity, p.Welcome(p.VERSION, os.getpid(), self._boot, workers, token))
 
@@ -376,7 +385,7 @@ class Service:
             "uri": self.uri,
             "uptime_s": time.time() - self.started,
             "path": conn.path,
-            "clients": len(self._clients),
+            "clients": self._live_clients(),
             "subscriptions": subs,
             "rss_bytes": me.memory_info().rss,
             "cpu_percent": self._cpu_now.get(os.getpid(), 0.0),

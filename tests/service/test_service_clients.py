@@ -136,6 +136,33 @@ def test_statements_and_texts_of_megabytes(service: tuple[Cli, str]) -> None:
         assert db.sql("SELECT 1 AS one").fetchall() == [(1,)]
 
 
+def test_a_killed_client_is_no_longer_counted(service: tuple[Cli, str]) -> None:
+    _, uri = service
+    with laminardb.connect(uri) as db:
+        before = db.status()["clients"]
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                f"import laminardb, sys; db = laminardb.connect({uri!r}); "
+                "print('up', flush=True); sys.stdin.read()",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert child.stdout is not None and child.stdout.readline() == "up\n"
+            assert db.status()["clients"] == before + 1
+        finally:
+            child.kill()
+            child.wait(10)
+        deadline = time.monotonic() + 10
+        while db.status()["clients"] != before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert db.status()["clients"] == before
+
+
 def test_two_client_processes_share_one_cluster(service: tuple[Cli, str]) -> None:
     _, uri = service
     with laminardb.connect(uri) as db:
