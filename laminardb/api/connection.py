@@ -302,7 +302,7 @@ class Connection:
         as natively."""
         with self._lock:
             self._check()
-            texts = tokens.split_statements(query)
+            texts = tokens.split_statements(query) if ";" in query else [query]
             for text in texts[:-1]:
                 self._execute_one(statements.classify(text))
             stmt = statements.classify(texts[-1] if len(texts) > 1 else query)
