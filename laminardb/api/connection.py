@@ -455,7 +455,7 @@ class Connection:
         try:
             reply = self._apply(stmt)
         except ConnectionError as exc:  # worker 0 died just before: applied nowhere
-            if not ddl.applied_nowhere(exc) or not self._cluster.dead(0):
+            if not ddl.applied_nowhere(exc) or 0 not in [w.shard for w in self._cluster.dead(0)]:
                 raise
             self._recovery.ensure()  # restarted from the log (or the in-memory error)
             reply = self._apply(stmt)
